@@ -107,9 +107,7 @@ class _EmbeddedEngine:
     @contextmanager
     def session(self, timeout: float) -> Iterator[Any]:
         if not self._mutex.acquire(timeout=timeout):
-            raise StoreUnavailable(
-                f"embedded store {self.path} is busy in this process (waited {timeout:.1f}s)"
-            )
+            raise StoreUnavailable(f"embedded store {self.path} is busy in this process (waited {timeout:.1f}s)")
         try:
             if self._depth == 0:
                 self._open(timeout)
@@ -178,9 +176,7 @@ class Store:
                 )
             except Exception as exc:
                 # The message names host and port only: the password stays in self.url.
-                raise StoreUnavailable(
-                    f"cannot reach store {self.url.masked()}: {type(exc).__name__}"
-                ) from None
+                raise StoreUnavailable(f"cannot reach store {self.url.masked()}: {type(exc).__name__}") from None
         return self._server_client
 
     def close(self) -> None:
@@ -247,9 +243,7 @@ class Store:
             yield
         except ClickHouseError as exc:
             if _is_connection_error(exc):
-                raise StoreUnavailable(
-                    f"store {self.url.masked()} is unreachable: {type(exc).__name__}"
-                ) from None
+                raise StoreUnavailable(f"store {self.url.masked()} is unreachable: {type(exc).__name__}") from None
             raise
 
 

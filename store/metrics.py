@@ -34,9 +34,7 @@ class MetricPoint:
     ts: datetime
 
 
-def write_points(
-    store: Store, points: Sequence[MetricPoint] | Iterable[tuple], *, dedup_token: str | None = None
-):
+def write_points(store: Store, points: Sequence[MetricPoint] | Iterable[tuple], *, dedup_token: str | None = None):
     """Write metric points (MetricPoint or tuples in METRIC_COLUMNS order) as one block."""
     rows = list(points)
     if not rows:

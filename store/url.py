@@ -55,16 +55,12 @@ def parse_store_url(url: str | None = None) -> StoreURL:
         return _parse_embedded(raw, parts.netloc, parts.path)
     if parts.scheme in ("http", "https"):
         return _parse_server(parts)
-    raise BadInput(
-        f"store URL: unsupported scheme {parts.scheme!r}; use chdb:///path or http(s)://host:port/db"
-    )
+    raise BadInput(f"store URL: unsupported scheme {parts.scheme!r}; use chdb:///path or http(s)://host:port/db")
 
 
 def _parse_embedded(raw: str, netloc: str, path: str) -> StoreURL:
     if netloc or not path.startswith("/"):
-        raise BadInput(
-            "store URL: embedded stores need an absolute path, e.g. chdb:///home/me/.lorafleet/clickhouse"
-        )
+        raise BadInput("store URL: embedded stores need an absolute path, e.g. chdb:///home/me/.lorafleet/clickhouse")
     return StoreURL(scheme="chdb", path=Path(unquote(path)))
 
 

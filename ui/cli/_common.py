@@ -77,9 +77,7 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def output(
-    rows: Sequence[dict] | dict, as_json: bool, columns: Sequence[str] | None = None, title: str | None = None
-):
+def output(rows: Sequence[dict] | dict, as_json: bool, columns: Sequence[str] | None = None, title: str | None = None):
     if as_json:
         print_json(rows)
     elif isinstance(rows, dict):
