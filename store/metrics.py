@@ -157,3 +157,121 @@ def count_points(store: Store, run_id: str, *, distinct: bool = True) -> int:
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+# -- console queries (appended for the console and Grafana; issue 6) ---------------------------
+
+
+def sparklines(store: Store, keys: Sequence[tuple[str, str]], metric: str = "loss", points: int = 30) -> list[dict]:
+    """One small downsampled curve per (run_id, adapter), all in one query: the fleet table's sparklines.
+
+    Rows: run_id, adapter, values (bucket means in step order).
+    """
+    if not keys:
+        return []
+    return store.query_rows(
+        """
+        SELECT run_id, adapter, groupArray(v) AS values
+        FROM (
+            SELECT m.run_id AS run_id, m.adapter AS adapter, avg(m.value) AS v,
+                   intDiv(m.step * {k:UInt64}, b.hi + 1) AS bucket
+            FROM metrics AS m
+            INNER JOIN (
+                SELECT run_id, adapter, max(step) AS hi FROM metrics_latest
+                WHERE (run_id, adapter) IN {keys:Array(Tuple(String, String))} AND metric = {metric:String}
+                GROUP BY run_id, adapter
+            ) AS b ON m.run_id = b.run_id AND m.adapter = b.adapter
+            WHERE (m.run_id, m.adapter) IN {keys:Array(Tuple(String, String))} AND m.metric = {metric:String}
+            GROUP BY run_id, adapter, bucket
+            ORDER BY run_id, adapter, bucket
+        )
+        GROUP BY run_id, adapter
+        """,
+        {"keys": [tuple(k) for k in keys], "metric": metric, "k": max(1, int(points))},
+    )
+
+
+def curves(store: Store, keys: Sequence[tuple[str, str]], metrics: Sequence[str], max_points: int = 500) -> list[dict]:
+    """Several curves in one query: each (run_id, adapter, metric) downsampled to at most
+    `max_points` step buckets keeping first step, min, max, last, mean and time, so spikes survive."""
+    if not keys or not metrics:
+        return []
+    return store.query_rows(
+        """
+        WITH bounds AS (
+            SELECT run_id, adapter, metric, min(step) AS s0,
+                   greatest(1, intDiv(max(step) - min(step) + {k:UInt64}, {k:UInt64})) AS width
+            FROM metrics
+            WHERE (run_id, adapter) IN {keys:Array(Tuple(String, String))} AND metric IN {metrics:Array(String)}
+            GROUP BY run_id, adapter, metric
+        )
+        SELECT m.run_id AS run_id, m.adapter AS adapter, m.metric AS metric,
+               min(m.step) AS step, min(m.value) AS min, max(m.value) AS max,
+               argMax(m.value, m.step) AS last, avg(m.value) AS mean, max(m.ts) AS ts
+        FROM metrics AS m
+        INNER JOIN bounds AS b ON m.run_id = b.run_id AND m.adapter = b.adapter AND m.metric = b.metric
+        WHERE (m.run_id, m.adapter) IN {keys:Array(Tuple(String, String))} AND m.metric IN {metrics:Array(String)}
+        GROUP BY run_id, adapter, metric, intDiv(m.step - b.s0, b.width) AS bucket
+        ORDER BY run_id, adapter, metric, bucket
+        """,
+        {"keys": [tuple(k) for k in keys], "metrics": list(metrics), "k": max(1, int(max_points))},
+    )
+
+
+def health_stats(store: Store, run_ids: Sequence[str], spike_factor: float = 10.0) -> list[dict]:
+    """Per adapter of the given runs: loss first/min/last, non-finite losses, grad-norm median,
+    max and spikes (> spike_factor x median), and mean tokens/s; the inputs of the health flags."""
+    return store.query_rows(
+        """
+        WITH gmed AS (
+            SELECT run_id, adapter, quantileExact(0.5)(value) AS med FROM metrics
+            WHERE run_id IN {runs:Array(String)} AND metric = 'grad_norm' AND isFinite(value)
+            GROUP BY run_id, adapter
+        )
+        SELECT m.run_id AS run_id, m.adapter AS adapter,
+               argMinIf(m.value, m.step, m.metric = 'loss' AND isFinite(m.value)) AS loss_first,
+               minIf(m.value, m.metric = 'loss' AND isFinite(m.value)) AS loss_min,
+               argMaxIf(m.value, m.step, m.metric = 'loss') AS loss_last,
+               countIf(m.metric = 'loss' AND NOT isFinite(m.value)) AS loss_nonfinite,
+               any(g.med) AS grad_median,
+               maxIf(m.value, m.metric = 'grad_norm' AND isFinite(m.value)) AS grad_max,
+               countIf(m.metric = 'grad_norm' AND m.value > {factor:Float64} * g.med AND g.med > 0) AS grad_spikes,
+               avgIf(m.value, m.metric = 'tokens_per_s' AND isFinite(m.value)) AS tokens_per_s
+        FROM metrics AS m
+        LEFT JOIN gmed AS g ON m.run_id = g.run_id AND m.adapter = g.adapter
+        WHERE m.run_id IN {runs:Array(String)} AND m.metric IN ('loss', 'grad_norm', 'tokens_per_s')
+        GROUP BY run_id, adapter
+        ORDER BY run_id, adapter
+        """,
+        {"runs": list(run_ids), "factor": float(spike_factor)},
+    )
+
+
+def previous_throughput(store: Store, run_id: str) -> list[dict]:
+    """For each adapter of `run_id`: the mean tokens/s of the same adapter config in the latest
+    earlier run (matched by the config's hash). Rows: adapter, prev_run_id, prev_tokens_per_s."""
+    return store.query_rows(
+        """
+        WITH cur AS (
+            SELECT a.adapter AS adapter, cityHash64(a.config) AS h, r.started_at AS started
+            FROM adapters AS a FINAL INNER JOIN runs AS r FINAL ON a.run_id = r.run_id
+            WHERE a.run_id = {run:String}
+        ),
+        prev AS (
+            SELECT cur.adapter AS adapter, argMax(a.run_id, r.started_at) AS prev_run_id,
+                   argMax(a.adapter, r.started_at) AS prev_adapter
+            FROM adapters AS a FINAL
+            INNER JOIN runs AS r FINAL ON a.run_id = r.run_id
+            INNER JOIN cur ON cityHash64(a.config) = cur.h
+            WHERE a.run_id != {run:String} AND r.started_at < cur.started
+            GROUP BY cur.adapter
+        )
+        SELECT p.adapter AS adapter, p.prev_run_id AS prev_run_id, avg(m.value) AS prev_tokens_per_s
+        FROM metrics AS m
+        INNER JOIN prev AS p ON m.run_id = p.prev_run_id AND m.adapter = p.prev_adapter
+        WHERE m.run_id IN (SELECT prev_run_id FROM prev) AND m.metric = 'tokens_per_s' AND isFinite(m.value)
+        GROUP BY adapter, prev_run_id
+        ORDER BY adapter
+        """,
+        {"run": run_id},
+    )
