@@ -28,6 +28,7 @@ from lorafleet.store.url import StoreURL, parse_store_url
 log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT_ENV = "LORAFLEET_STORE_LOCK_TIMEOUT"
+RELOCK_PAUSE_S = 0.012
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
@@ -48,12 +49,14 @@ class _FileLock:
     def __init__(self, path: Path):
         self.path = path
         self._fd: int | None = None
+        self._released_at = -1e9
 
     def acquire(self, timeout: float) -> None:
+        self._yield_to_waiters()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + timeout
-        delay = 0.002
+        delay = 0.001
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -66,7 +69,7 @@ class _FileLock:
                         f"pid {self.holder() or 'unknown'} (waited {timeout:.1f}s)"
                     ) from None
                 time.sleep(delay)
-                delay = min(delay * 2, 0.05)
+                delay = min(delay * 2, 0.005)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
@@ -76,6 +79,14 @@ class _FileLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+            self._released_at = time.monotonic()
+
+    def _yield_to_waiters(self) -> None:
+        # flock has no queue: a process that re-locks right after unlocking would starve the
+        # others polling for it, so leave them a short window first.
+        pause = self._released_at + RELOCK_PAUSE_S - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
 
     def holder(self) -> str:
         try:
