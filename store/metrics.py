@@ -47,16 +47,24 @@ def write_columns(store: Store, run_id, adapter, metric, step, value, ts, *, ded
     """Column-wise write: the fast path (Arrow with dictionary-encoded names)."""
     table = pa.table(
         [
-            pa.array(run_id, pa.string()).dictionary_encode(),
-            pa.array(adapter, pa.string()).dictionary_encode(),
-            pa.array(metric, pa.string()).dictionary_encode(),
+            _names(run_id),
+            _names(adapter),
+            _names(metric),
             pa.array(np.asarray(step, dtype=np.uint64)),
             pa.array(np.asarray(value, dtype=np.float64)),
-            pa.array(ts, pa.timestamp("us", tz="UTC")),
+            ts if isinstance(ts, pa.Array) else pa.array(ts, pa.timestamp("us", tz="UTC")),
         ],
         schema=_ARROW_SCHEMA,
     )
     store.insert_arrow("metrics", table, dedup_token=dedup_token)
+
+
+def _names(values) -> pa.DictionaryArray:
+    """Names as a dictionary column (ClickHouse LowCardinality): callers with many rows can
+    pass a ready pa.DictionaryArray and skip per-row Python strings."""
+    if isinstance(values, pa.DictionaryArray):
+        return values.cast(pa.dictionary(pa.int32(), pa.string()))
+    return pa.array(values, pa.string()).dictionary_encode().cast(pa.dictionary(pa.int32(), pa.string()))
 
 
 def write_df(store: Store, df, *, dedup_token: str | None = None) -> None:
