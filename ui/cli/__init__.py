@@ -14,7 +14,7 @@ app = typer.Typer(
 )
 
 # Sub-command groups; a module registers its commands on `app` through `register(app)`.
-_COMMAND_MODULES = ("store_cmd", "train_cmd", "registry_cmd", "console_cmd")
+_COMMAND_MODULES = ("store_cmd", "runs_cmd", "train_cmd", "registry_cmd", "console_cmd")
 
 
 def _register_all() -> None:
