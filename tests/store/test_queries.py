@@ -60,3 +60,29 @@ def test_paired_examples_join_two_adapters_example_by_example(store):
     assert all(p["score_b"] - p["score_a"] == 0.5 for p in pairs)
     summary = evals.eval_summary(store, "run", "b")
     assert summary[0]["step"] == 20 and summary[0]["examples"] == 4
+
+
+def test_dataframe_batches_are_written_like_rows(store):
+    import pandas as pd
+
+    df = pd.DataFrame(
+        {
+            "run_id": ["run"] * 3,
+            "adapter": ["a", "b", "a"],
+            "metric": ["loss"] * 3,
+            "step": [1, 1, 2],
+            "value": [0.5, 0.25, 0.125],
+            "ts": [datetime.now(UTC)] * 3,
+        }
+    )
+    metrics.write_df(store, df)
+    latest = {r["adapter"]: r["value"] for r in metrics.fleet_latest(store, ["run"])}
+    assert latest == {"a": 0.125, "b": 0.25}
+
+
+def test_dataframe_missing_a_column_is_rejected(store):
+    import pandas as pd
+    import pytest
+
+    with pytest.raises(ValueError, match="step"):
+        metrics.write_df(store, pd.DataFrame({"run_id": ["r"], "adapter": ["a"], "metric": ["m"], "value": [1.0]}))
