@@ -48,22 +48,26 @@ class AdapterRow:
     artifact_path: str = ""
 
 
-def upsert_run(store: Store, run: RunRow) -> None:
+def upsert_run(store: Store, run: RunRow, *, updated_at: datetime | None = None) -> None:
+    """`updated_at` (the row's version) defaults to now; writers that may replay pass the event time."""
     row = asdict(run)
     row["spec"] = json.dumps(run.spec, sort_keys=True, default=str)
-    row["updated_at"] = datetime.now(UTC)
+    row["updated_at"] = updated_at or datetime.now(UTC)
     store.insert("runs", [[row[c] for c in RUN_COLUMNS]], RUN_COLUMNS)
 
 
-def upsert_adapters(store: Store, adapters: Sequence[AdapterRow]) -> None:
+def upsert_adapters(
+    store: Store, adapters: Sequence[AdapterRow], *, updated_at: datetime | Sequence[datetime] | None = None
+) -> None:
+    """`updated_at`: one version for all rows (default now) or one per row, for replayable writers."""
     if not adapters:
         return
-    now = datetime.now(UTC)
+    versions = updated_at if isinstance(updated_at, Sequence) else [updated_at or datetime.now(UTC)] * len(adapters)
     rows = []
-    for adapter in adapters:
+    for adapter, version in zip(adapters, versions, strict=True):
         row = asdict(adapter)
         row["config"] = json.dumps(adapter.config, sort_keys=True, default=str)
-        row["updated_at"] = now
+        row["updated_at"] = version
         rows.append([row[c] for c in ADAPTER_COLUMNS])
     store.insert("adapters", rows, ADAPTER_COLUMNS)
 

@@ -1,0 +1,235 @@
+"""One unit of writing: the rows a drained queue turns into, per table, plus its dedup token.
+
+The writer's queue holds trainer records (StepRecord, EvalRecord), state snapshots
+(RunState, AdapterState), span rows and raw metric rows; `encode` turns a list of them into a
+`Batch`. A batch is written as is, or spooled to disk as is (`dump`/`load`) and written later
+with the same token, so a retry is dropped by the store's insert deduplication.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pyarrow as pa
+
+from lorafleet.store.evals import EVAL_COLUMNS, EvalRow
+from lorafleet.store.runs import AdapterRow, RunRow
+from lorafleet.trainer.callbacks import EvalRecord, StepRecord
+
+# A raw metric row: (run_id, adapter, metric, step, value, ts in microseconds since the epoch).
+MetricRow = tuple[str, str, str, int, float, int]
+
+STEP_METRICS = ("loss", "grad_norm", "learning_rate", "tokens", "tokens_per_s", "step_seconds")
+METRICS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.dictionary(pa.int32(), pa.string())),
+        ("adapter", pa.dictionary(pa.int32(), pa.string())),
+        ("metric", pa.dictionary(pa.int32(), pa.string())),
+        ("step", pa.uint64()),
+        ("value", pa.float64()),
+        ("ts", pa.timestamp("us", tz="UTC")),
+    ]
+)
+FORMAT_VERSION = 1
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class RunState:
+    """A snapshot of the run's row; `version_us` becomes updated_at so replays cannot regress it."""
+
+    row: RunRow
+    version_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterState:
+    row: AdapterRow
+    version_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpanRows:
+    """otel_traces rows (SPAN_COLUMNS order, times in ns) from the span exporter."""
+
+    rows: tuple[tuple, ...]
+
+
+@dataclass
+class Batch:
+    token: str
+    metrics: pa.Table | None = None
+    evals: list[EvalRow] = field(default_factory=list)
+    runs: list[RunState] = field(default_factory=list)
+    adapters: list[AdapterState] = field(default_factory=list)
+    spans: list[tuple] = field(default_factory=list)
+
+    @property
+    def metric_rows(self) -> int:
+        return 0 if self.metrics is None else self.metrics.num_rows
+
+    @property
+    def rows(self) -> int:
+        return self.metric_rows + len(self.evals) + len(self.runs) + len(self.adapters) + len(self.spans)
+
+
+def encode(items: Iterable, token: str) -> Batch:
+    """Turn queued items into one batch. Metric rows go column-wise into Arrow (the fast path)."""
+    metric_rows: list[tuple] = []
+    batch = Batch(token)
+    for item in items:
+        kind = type(item)
+        if kind is tuple:
+            metric_rows.append(item)
+        elif kind is StepRecord:
+            metric_rows.extend(step_metric_rows(item))
+        elif kind is EvalRecord:
+            metric_rows.extend(eval_metric_rows(item))
+            batch.evals.extend(eval_rows(item))
+        elif kind is SpanRows:
+            batch.spans.extend(item.rows)
+        elif kind is AdapterState:
+            batch.adapters.append(item)
+        elif kind is RunState:
+            batch.runs.append(item)
+        else:
+            raise TypeError(f"telemetry writer: cannot encode {kind.__name__}")
+    batch.metrics = metrics_table(metric_rows) if metric_rows else None
+    return batch
+
+
+def step_metric_rows(record: StepRecord) -> list[MetricRow]:
+    """The six per-adapter signals of one fleet step, keyed by each adapter's own step."""
+    ts = record.end_ns // 1000
+    seconds = record.duration_s
+    rows = []
+    for a in record.adapters:
+        tokens_per_s = a.tokens / seconds if seconds > 0 else 0.0
+        values = (a.loss, a.grad_norm, a.learning_rate, float(a.tokens), tokens_per_s, seconds)
+        rows.extend(
+            (record.run_id, a.adapter, name, a.step, value, ts)
+            for name, value in zip(STEP_METRICS, values, strict=True)
+        )
+    return rows
+
+
+def eval_metric_rows(record: EvalRecord) -> list[MetricRow]:
+    ts = record.end_ns // 1000
+    return [
+        (record.run_id, record.adapter, f"eval/{record.suite}/{name}", record.step, float(value), ts)
+        for name, value in record.metrics.items()
+    ]
+
+
+def eval_rows(record: EvalRecord) -> list[EvalRow]:
+    ts = EPOCH + timedelta(microseconds=record.end_ns // 1000)
+    return [
+        EvalRow(
+            run_id=record.run_id,
+            adapter=record.adapter,
+            step=record.step,
+            suite=record.suite,
+            metric=metric,
+            example_id=example.example_id,
+            score=float(score),
+            prompt=example.prompt,
+            output=example.output,
+            reference=example.reference,
+            ts=ts,
+        )
+        for example in record.examples
+        for metric, score in example.scores.items()
+    ]
+
+
+def metrics_table(rows: list[tuple]) -> pa.Table:
+    run_id, adapter, metric, step, value, ts = zip(*rows, strict=True)
+    return pa.table(
+        [
+            pa.array(run_id, pa.string()).dictionary_encode(),
+            pa.array(adapter, pa.string()).dictionary_encode(),
+            pa.array(metric, pa.string()).dictionary_encode(),
+            pa.array(np.fromiter(step, np.uint64, len(step))),
+            pa.array(np.fromiter(value, np.float64, len(value))),
+            pa.array(np.fromiter(ts, np.int64, len(ts)), pa.timestamp("us", tz="UTC")),
+        ],
+        schema=METRICS_SCHEMA,
+    )
+
+
+# -- spool format ----------------------------------------------------------------------------
+# One file per batch: a JSON header line (token, small tables) then the metrics as an Arrow IPC
+# stream. Times are integers (microseconds; spans keep nanoseconds) so the file is exact.
+
+
+def dump(batch: Batch) -> bytes:
+    header = {
+        "format": FORMAT_VERSION,
+        "token": batch.token,
+        "evals": [[_us(r.ts) if c == "ts" else getattr(r, c) for c in EVAL_COLUMNS] for r in batch.evals],
+        "runs": [[_row_json(s.row), s.version_us] for s in batch.runs],
+        "adapters": [[_row_json(s.row), s.version_us] for s in batch.adapters],
+        "spans": [list(r) for r in batch.spans],
+    }
+    out = io.BytesIO()
+    out.write(json.dumps(header, default=_json_default, allow_nan=True).encode())
+    out.write(b"\n")
+    if batch.metrics is not None:
+        with pa.ipc.new_stream(out, METRICS_SCHEMA) as stream:
+            stream.write_table(batch.metrics)
+    return out.getvalue()
+
+
+def load(data: bytes) -> Batch:
+    newline = data.index(b"\n")
+    header = json.loads(data[:newline])
+    if header.get("format") != FORMAT_VERSION:
+        raise ValueError(f"spool format {header.get('format')!r} is not {FORMAT_VERSION}")
+    rest = data[newline + 1 :]
+    metrics = pa.ipc.open_stream(rest).read_all() if rest else None
+    evals = [EvalRow(**dict(zip(EVAL_COLUMNS, r, strict=True))) for r in header["evals"]]
+    evals = [_replace_ts(e) for e in evals]
+    return Batch(
+        token=header["token"],
+        metrics=metrics,
+        evals=evals,
+        runs=[RunState(_run_from_json(r), v) for r, v in header["runs"]],
+        adapters=[AdapterState(AdapterRow(**r), v) for r, v in header["adapters"]],
+        spans=[tuple(r) for r in header["spans"]],
+    )
+
+
+def _us(ts: datetime | None) -> int | None:
+    return None if ts is None else (ts - EPOCH) // timedelta(microseconds=1)
+
+
+def _from_us(us: int | None) -> datetime | None:
+    return None if us is None else EPOCH + timedelta(microseconds=us)
+
+
+def _replace_ts(row: EvalRow) -> EvalRow:
+    values = {c: getattr(row, c) for c in EVAL_COLUMNS}
+    values["ts"] = _from_us(row.ts)
+    return EvalRow(**values)
+
+
+def _row_json(row) -> dict:
+    data = asdict(row)
+    for key, value in data.items():
+        if isinstance(value, datetime):
+            data[key] = {"$us": _us(value)}
+    return data
+
+
+def _run_from_json(data: dict) -> RunRow:
+    fixed = {k: _from_us(v["$us"]) if isinstance(v, dict) and "$us" in v else v for k, v in data.items()}
+    return RunRow(**fixed)
+
+
+def _json_default(value):
+    return _us(value) if isinstance(value, datetime) else str(value)

@@ -1,0 +1,266 @@
+"""The one batched writer: a bounded queue the training thread appends to, drained by a worker.
+
+`emit` costs one deque append. The worker wakes when a batch is ready or every
+`flush_interval_s`, encodes what is queued (batch.encode) and hands it to the sink. When the
+sink cannot take it (StoreUnavailable), the batch goes to the spool on disk and every later
+batch queues up behind it there, so replay keeps order; the worker retries the store every
+`retry_s` and replays the spool oldest first. Where OpenTelemetry's processor drops on a full
+queue, this one spills to the spool from the emitting thread in chunks (counted in
+`overflowed`). Each batch gets its token when its items leave the queue, so any copy of it
+(a replay, a spill at shutdown) is dropped by the store's insert deduplication if it landed.
+Shutdown runs once, within a time limit: flush, else leave the rest spooled, never drop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+
+from lorafleet.errors import StoreUnavailable
+from lorafleet.telemetry.batch import Batch, encode
+from lorafleet.telemetry.spool import Spool, orphans
+
+log = logging.getLogger(__name__)
+
+
+class _FlushMarker:
+    """Queued by flush(): set once everything queued before it has been written or spooled."""
+
+    __slots__ = ("done",)
+
+    def __init__(self):
+        self.done = threading.Event()
+
+
+@dataclass
+class WriterStats:
+    written_rows: int = 0  # rows the sink accepted (directly or by replay)
+    spooled_rows: int = 0  # rows that went to disk at some point (cumulative)
+    replayed_rows: int = 0  # rows written from the spool
+    overflowed: int = 0  # items that found the queue full and were spilled to disk
+    batches: int = 0
+    store_errors: int = 0
+
+
+class BatchWriter:
+    def __init__(
+        self,
+        sink,
+        spool: Spool,
+        *,
+        max_queue: int = 2_000_000,
+        batch_size: int = 200_000,
+        flush_interval_s: float = 1.0,
+        retry_s: float = 1.0,
+        spill_chunk: int = 20_000,
+        replay_orphans: bool = True,
+    ):
+        if max_queue < 1 or batch_size < 1 or flush_interval_s <= 0 or spill_chunk < 1:
+            raise ValueError("BatchWriter: max_queue, batch_size, spill_chunk >= 1 and flush_interval_s > 0")
+        self.sink = sink
+        self.spool = spool
+        self.stats = WriterStats()
+        self._max_queue = max_queue
+        self._batch_size = batch_size
+        self._interval = flush_interval_s
+        self._retry_s = retry_s
+        self._spill_chunk = spill_chunk
+        self._queue: deque = deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._overflow: list = []
+        self._overflow_lock = threading.Lock()
+        self._id = uuid.uuid4().hex[:16]
+        self._seq = 0
+        self._seq_lock = threading.Lock()
+        self._retry_at = 0.0
+        self._in_flight: tuple[str, list] | None = None  # (token, items) being encoded/written
+        self._orphans_pending = replay_orphans
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="lorafleet-telemetry-writer", daemon=True)
+        self._thread.start()
+
+    # -- the training thread's side ---------------------------------------------------------------
+    def emit(self, item) -> None:
+        queue = self._queue
+        if len(queue) < self._max_queue:
+            queue.append(item)
+            if len(queue) >= self._batch_size and not self._wake.is_set():
+                self._wake.set()
+        else:
+            self._spill(item)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until everything emitted so far is written or spooled; False on timeout."""
+        if self._closed or not self._thread.is_alive():
+            return False
+        marker = _FlushMarker()
+        self._queue.append(marker)
+        self._wake.set()
+        return marker.done.wait(timeout_s)
+
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        """Runs once: flush within the limit, else spool what is left; nothing is dropped."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(max(0.0, timeout_s))
+        if self._thread.is_alive():
+            log.warning("telemetry writer: store still busy after %.1fs; leaving the rest spooled", timeout_s)
+            self._spool_leftovers()
+        self._spill_overflow()
+        self.spool.close()
+        self.sink.shutdown()
+
+    # -- the worker ---------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self._wait_time())
+            self._wake.clear()
+            stopping = self._stop.is_set()
+            try:
+                self._cycle()
+            except Exception:  # never let the worker die: log, back off, keep the data queued
+                log.exception("telemetry writer: unexpected error")
+                self._retry_at = time.monotonic() + self._retry_s
+            if stopping and not self._queue:
+                return
+
+    def _wait_time(self) -> float:
+        if self.spool and self._retry_at:
+            return max(0.01, min(self._interval, self._retry_at - time.monotonic()))
+        return self._interval
+
+    def _cycle(self) -> None:
+        self._replay()
+        while self._queue:
+            token, items, markers = self._take()
+            if items:
+                self._in_flight = (token, items)
+                self._deliver(encode(items, token))
+                self._in_flight = None
+            for marker in markers:
+                self._spill_overflow()  # a flush also covers items that overflowed to memory
+                marker.done.set()
+        self._spill_overflow()
+
+    def _take(self) -> tuple[str, list, list]:
+        items, markers = [], []
+        pop = self._queue.popleft
+        for _ in range(min(len(self._queue), self._batch_size)):
+            item = pop()
+            if type(item) is _FlushMarker:
+                markers.append(item)
+                break  # deliver what came before the marker, then release its waiter
+            items.append(item)
+        return self._next_token(), items, markers
+
+    def _next_token(self) -> str:
+        with self._seq_lock:
+            self._seq += 1
+            return f"lf-{self._id}-{self._seq}"
+
+    def _deliver(self, batch: Batch) -> None:
+        if self._store_down():
+            self._to_spool(batch)  # behind what is already spooled, to keep order
+            return
+        try:
+            self.sink.export(batch)
+        except StoreUnavailable as exc:
+            self._store_failed(exc)
+            self._to_spool(batch)
+            return
+        except Exception:
+            log.exception("telemetry writer: the store rejected a batch; it stays spooled for inspection")
+            self._to_spool(batch)
+            self._retry_at = time.monotonic() + self._retry_s
+            return
+        self.stats.written_rows += batch.rows
+        self.stats.batches += 1
+        if self._orphans_pending:
+            self._replay_orphans()
+
+    def _store_down(self) -> bool:
+        return bool(self.spool) or time.monotonic() < self._retry_at
+
+    def _store_failed(self, exc: Exception) -> None:
+        if not self.stats.store_errors or self._retry_at == 0.0:
+            log.warning("telemetry writer: store unavailable, spooling to %s (%s)", self.spool.directory, exc)
+        self.stats.store_errors += 1
+        self._retry_at = time.monotonic() + self._retry_s
+
+    def _to_spool(self, batch: Batch) -> None:
+        self.spool.append(batch)
+        self.stats.spooled_rows += batch.rows
+
+    def _replay(self, spool: Spool | None = None) -> bool:
+        """Write spooled batches oldest first; stop at the first failure. True when it emptied."""
+        spool = spool or self.spool
+        if time.monotonic() < self._retry_at:
+            return False
+        while (entry := spool.take()) is not None:
+            path, batch = entry
+            try:
+                self.sink.export(batch)
+            except StoreUnavailable as exc:
+                self._store_failed(exc)
+                return False
+            spool.remove(path, batch.rows)
+            self.stats.written_rows += batch.rows
+            self.stats.replayed_rows += batch.rows
+        self._retry_at = 0.0
+        return True
+
+    def _replay_orphans(self) -> None:
+        """Replay spools that earlier processes left behind (their locks are free)."""
+        for spool in orphans(exclude=self.spool.directory):
+            try:
+                if not self._replay(spool):
+                    return
+            finally:
+                spool.close()
+        self._orphans_pending = False
+
+    # -- overflow and leftovers -----------------------------------------------------------------
+    def _spill(self, item) -> None:
+        with self._overflow_lock:
+            self._overflow.append(item)
+            self.stats.overflowed += 1
+            if len(self._overflow) < self._spill_chunk:
+                return
+            chunk, self._overflow = self._overflow, []
+        self._to_spool(encode(chunk, self._next_token()))
+
+    def _spill_overflow(self) -> None:
+        with self._overflow_lock:
+            chunk, self._overflow = self._overflow, []
+        if chunk:
+            self._to_spool(encode(chunk, self._next_token()))
+
+    def _spool_leftovers(self) -> None:
+        in_flight = self._in_flight
+        if in_flight is not None:
+            token, items = in_flight
+            self._to_spool(encode(items, token))  # same token: a no-op on replay if the write landed
+        items = []
+        while self._queue:
+            try:
+                item = self._queue.popleft()
+            except IndexError:
+                break
+            if type(item) is _FlushMarker:
+                item.done.set()
+            else:
+                items.append(item)
+        if items:
+            self._to_spool(encode(items, self._next_token()))
