@@ -1,0 +1,47 @@
+"""Training-health flags from per-adapter statistics (store.metrics.health_stats): pure rules, no I/O."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+DIVERGE_OVER_START = 1.10  # ended more than 10% above its first loss
+DIVERGE_OVER_MIN = 2.0  # or more than twice its best loss
+THROUGHPUT_DROP = 0.80  # below 80% of the previous run's tokens/s for the same config
+
+FLAGS = ("divergence", "nan_quarantine", "grad_spikes", "throughput_drop")
+
+
+def _finite(value) -> bool:
+    return value is not None and not (isinstance(value, float) and not math.isfinite(value))
+
+
+def flags(row: dict) -> list[str]:
+    """The health flags one adapter raises."""
+    raised = []
+    first, best, last = row.get("loss_first"), row.get("loss_min"), row.get("loss_last")
+    if (
+        _finite(first)
+        and _finite(best)
+        and (not _finite(last) or last > first * DIVERGE_OVER_START or last > best * DIVERGE_OVER_MIN)
+    ):
+        raised.append("divergence")
+    if row.get("status") == "quarantined" or (row.get("loss_nonfinite") or 0) > 0:
+        raised.append("nan_quarantine")
+    if (row.get("grad_spikes") or 0) > 0:
+        raised.append("grad_spikes")
+    now, before = row.get("tokens_per_s"), row.get("prev_tokens_per_s")
+    if _finite(now) and _finite(before) and before and now < before * THROUGHPUT_DROP:
+        raised.append("throughput_drop")
+    return raised
+
+
+def flag_frame(stats: pd.DataFrame) -> pd.DataFrame:
+    """stats plus a `flags` list column and one boolean column per flag."""
+    out = stats.copy()
+    records = out.astype(object).where(out.notna(), None).to_dict("records")
+    out["flags"] = [flags(r) for r in records]
+    for name in FLAGS:
+        out[name] = out["flags"].map(lambda raised, n=name: n in raised)
+    return out
