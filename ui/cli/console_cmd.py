@@ -1,0 +1,127 @@
+"""`lorafleet console` (serve the Streamlit console) and `lorafleet demo` (train the demo fleet,
+register its versions, promote the best of each family through the gate, then serve the console)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+import lorafleet
+from lorafleet.errors import BadInput, GateRefused
+from lorafleet.store import open_store, parse_store_url
+from lorafleet.ui.cli._common import JsonOption, StoreOption, console, handle_errors, output
+
+APP_PATH = Path(__file__).resolve().parent.parent / "console" / "app.py"
+DEMO_SPEC = Path(lorafleet.__file__).resolve().parent / "examples" / "demo.yaml"
+DEMO_ALIAS = "production"
+DEMO_ACTOR = "lorafleet-demo"
+
+PortOption = Annotated[int, typer.Option("--port", help="Port to serve the console on.")]
+AddressOption = Annotated[str, typer.Option("--address", help="Interface to bind; loopback unless told otherwise.")]
+
+
+def streamlit_command(port: int, address: str = "127.0.0.1") -> list[str]:
+    """The `streamlit run` command line for the console app."""
+    return [
+        sys.executable, "-m", "streamlit", "run", str(APP_PATH),
+        "--server.port", str(port), "--server.address", address, "--server.headless", "true",
+        "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
+    ]  # fmt: skip
+
+
+def serve_console(store_url: str | None, port: int, address: str = "127.0.0.1") -> int:
+    """Run the console in the foreground until interrupted; returns streamlit's exit code."""
+    if not 1 <= port <= 65535:
+        raise BadInput(f"--port {port} is not a TCP port (1-65535)")
+    url = parse_store_url(store_url)  # a bad URL is exit 2 here, not a stack trace in the browser
+    env = os.environ | {"LORAFLEET_STORE": store_url or os.environ.get("LORAFLEET_STORE", "")}
+    env = {k: v for k, v in env.items() if v != "" or k != "LORAFLEET_STORE"}
+    host = "localhost" if address in ("127.0.0.1", "0.0.0.0") else address
+    read_only = "" if os.environ.get("LORAFLEET_CONSOLE_TOKEN") else " (read-only: LORAFLEET_CONSOLE_TOKEN is not set)"
+    console.print(f"lorafleet console on [bold]http://{host}:{port}[/] over {url.masked()}{read_only}")
+    process = subprocess.Popen(streamlit_command(port, address), env=env)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        process.terminate()
+        return process.wait(timeout=10)
+
+
+def run_demo(store_url: str | None, spec_path: Path = DEMO_SPEC) -> dict:
+    """Train the demo fleet with telemetry, register its versions and promote each family's best."""
+    from lorafleet.store import registry
+    from lorafleet.telemetry import Telemetry
+    from lorafleet.trainer import load_fleet_spec, run_fleet
+
+    spec = load_fleet_spec(spec_path)
+    result = run_fleet(spec, callbacks=[Telemetry(store_url)])
+    run_id = getattr(result, "run_id", result)
+    store = open_store(store_url)
+    versions = registry.register_run(store, run_id, actor=DEMO_ACTOR)
+    promoted = [_promote_best(store, registry, family, vs) for family, vs in _by_family(versions).items()]
+    return {"run_id": run_id, "versions": [v.ref for v in versions], "promoted": promoted}
+
+
+def _by_family(versions) -> dict[str, list]:
+    families: dict[str, list] = {}
+    for version in versions:
+        families.setdefault(version.family, []).append(version)
+    return families
+
+
+def best_version(versions, higher_is_better) -> object | None:
+    """The version with the best eval means over the (suite, metric) pairs every candidate has."""
+    scored = [v for v in versions if v.eval_summary]
+    if not scored:
+        return None
+    common = set.intersection(*({(r["suite"], r["metric"]) for r in v.eval_summary} for v in scored))
+
+    def key(version) -> tuple:
+        means = {(r["suite"], r["metric"]): r["mean"] for r in version.eval_summary}
+        return tuple(means[m] if higher_is_better(m[1]) else -means[m] for m in sorted(common))
+
+    return max(scored, key=key)
+
+
+def _promote_best(store, registry, family: str, versions) -> dict:
+    best = best_version(versions, registry.higher_is_better)
+    if best is None:
+        return {"family": family, "alias": DEMO_ALIAS, "version": None, "outcome": "no evaluated version"}
+    reason = f"demo: best eval of run {best.run_id}"
+    try:
+        event = registry.promote(store, family, best.version, DEMO_ALIAS, reason=reason, actor=DEMO_ACTOR)
+    except GateRefused as exc:  # an earlier demo's production is better: keep it, as the gate says
+        return {"family": family, "alias": DEMO_ALIAS, "version": best.version, "outcome": f"refused: {exc}"}
+    except BadInput as exc:  # already there
+        return {"family": family, "alias": DEMO_ALIAS, "version": best.version, "outcome": str(exc)}
+    return {"family": family, "alias": DEMO_ALIAS, "version": event.to_version, "outcome": event.gate_verdict}
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("console")
+    @handle_errors
+    def console_cmd(store: StoreOption = None, port: PortOption = 8501, address: AddressOption = "127.0.0.1") -> None:
+        """Serve the Streamlit console (fleet, compare, regressions, registry, traces)."""
+        raise typer.Exit(serve_console(store, port, address))
+
+    @app.command("demo")
+    @handle_errors
+    def demo_cmd(
+        no_console: Annotated[bool, typer.Option("--no-console", help="Stop after training and promoting.")] = False,
+        store: StoreOption = None,
+        port: PortOption = 8501,
+        json: JsonOption = False,
+    ) -> None:
+        """Train examples/demo.yaml on the store, register its versions, promote the best of each
+        family to `production` through the gate, then serve the console."""
+        summary = run_demo(store)
+        output(summary["promoted"], json, columns=["family", "alias", "version", "outcome"], title="promoted")
+        if not json:
+            console.print(f"run {summary['run_id']}: registered {', '.join(summary['versions']) or 'no versions'}")
+        if not no_console:
+            raise typer.Exit(serve_console(store, port))
