@@ -1,0 +1,252 @@
+"""Injection of multi-LoRA layers into a base model, per-adapter losses, and PEFT-format save/load.
+
+Like PEFT's LoraModel this module only injects and exports; loop.py trains.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from lorafleet.errors import BadInput
+from lorafleet.trainer.config import AdapterSpec
+from lorafleet.trainer.data import Batch
+from lorafleet.trainer.layer import MultiLoraLinear, Routing, SlotAdamW, is_supported
+
+STATE_KEYS = ("A", "B", "m_A", "v_A", "m_B", "v_B")
+
+
+class Fleet:
+    """A frozen base model whose targeted layers serve many adapters at once, one slot each."""
+
+    def __init__(self, model, tokenizer, base_model_id: str = ""):
+        self.model, self.tokenizer, self.base_model_id = model, tokenizer, base_model_id
+        param = next(model.parameters())
+        self.device = param.device
+        self.lora_dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
+        self.routing = Routing()
+        output = model.get_output_embeddings()
+        self.candidates = {
+            name: module
+            for name, module in model.named_modules()
+            if is_supported(module) and module is not output and not isinstance(module, MultiLoraLinear)
+        }
+        self.layers: dict[str, MultiLoraLinear] = {}
+        self.slot_of: dict[str, int] = {}
+        self.specs: dict[str, AdapterSpec] = {}
+        self.targets: dict[str, list[str]] = {}
+        self.optimizer = SlotAdamW([])
+
+    # -- adapters -----------------------------------------------------------------------------------------------
+    def resolve_targets(self, spec: AdapterSpec) -> list[str]:
+        """The module names this adapter targets; BadInput when none match or the rank exceeds a layer's width."""
+        names = _match(spec.target_modules, list(self.candidates))
+        if not names:
+            raise BadInput(
+                f"adapter {spec.name}: target_modules: {spec.target_modules!r} matches no Linear/Conv1D module "
+                f"(have e.g. {sorted({n.rsplit('.', 1)[-1] for n in self.candidates})})"
+            )
+        for name in names:
+            width = min(_features(self.candidates[name]))
+            if spec.rank > width:
+                raise BadInput(f"adapter {spec.name}: rank: {spec.rank} exceeds the width {width} of layer {name}")
+        return names
+
+    def add(self, spec: AdapterSpec, seed: int) -> int:
+        targets = self.resolve_targets(spec)
+        used = set(self.slot_of.values())
+        slot = next(i for i in range(len(used) + 1) if i not in used)
+        for name in targets:
+            self._wrap(name)
+        slots = max([slot + 1] + [layer.slots for layer in self.layers.values()])
+        generator = torch.Generator().manual_seed(seed)
+        for name, layer in self.layers.items():
+            layer.resize(slots, spec.rank)
+            layer.init_slot(slot, spec.rank, spec.scaling if name in targets else 0.0, generator)
+        self.optimizer.layers = list(self.layers.values())
+        self.slot_of[spec.name], self.specs[spec.name], self.targets[spec.name] = slot, spec, targets
+        return slot
+
+    def remove(self, name: str) -> None:
+        """Free an adapter's slot; its weights stay until another adapter reuses the slot."""
+        slot = self.slot_of.pop(name)
+        for layer in self.layers.values():
+            layer.scaling[slot] = 0.0
+        del self.specs[name], self.targets[name]
+
+    def _wrap(self, name: str) -> None:
+        if name in self.layers:
+            return
+        parent_name, _, child = name.rpartition(".")
+        parent = self.model.get_submodule(parent_name) if parent_name else self.model
+        layer = MultiLoraLinear(self.candidates[name], self.routing, self.lora_dtype)
+        setattr(parent, child, layer)
+        self.layers[name] = layer
+
+    @property
+    def n_slots(self) -> int:
+        return max((layer.slots for layer in self.layers.values()), default=0)
+
+    # -- forward ------------------------------------------------------------------------------------------------
+    def losses(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of per-adapter mean losses, per-slot mean loss (S,)). Summing keeps each adapter's gradient its own."""
+        dropout = self._dropout(batch.slots)
+        self.routing.set(batch.slots, dropout)
+        try:
+            logits = self.model(input_ids=batch.input_ids, use_cache=False).logits
+        finally:
+            self.routing.set(None)
+        labels = batch.labels[:, 1:]
+        ce = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels.flatten(), reduction="none", ignore_index=-100)
+        per_seq = ce.view(labels.shape).sum(1)
+        counts = (labels != -100).sum(1).to(per_seq.dtype)
+        n = self.n_slots
+        slot_sum = per_seq.new_zeros(n).index_add(0, batch.slots, per_seq)
+        slot_count = counts.new_zeros(n).index_add(0, batch.slots, counts)
+        per_slot = slot_sum / slot_count.clamp(min=1)
+        return per_slot[slot_count > 0].sum(), per_slot.detach()
+
+    def _dropout(self, slots: torch.Tensor) -> torch.Tensor | None:
+        probs = [0.0] * self.n_slots
+        for name, slot in self.slot_of.items():
+            probs[slot] = self.specs[name].dropout
+        if not any(probs):
+            return None
+        return torch.tensor(probs, dtype=self.lora_dtype, device=self.device)[slots].view(-1, 1, 1)
+
+    def logits(self, input_ids: torch.Tensor, adapter: str | None, **kwargs) -> torch.Tensor:
+        """Logits with one adapter active for every row (or none), no grad."""
+        with torch.no_grad(), self.active(adapter, input_ids.shape[0]):
+            return self.model(input_ids=input_ids, use_cache=False, **kwargs).logits
+
+    def active(self, adapter: str | None, rows: int):
+        fleet = self
+
+        class _Ctx:
+            def __enter__(self):
+                idx = None
+                if adapter is not None:
+                    idx = torch.full((rows,), fleet.slot_of[adapter], dtype=torch.long, device=fleet.device)
+                fleet.routing.set(idx)
+
+            def __exit__(self, *exc):
+                fleet.routing.set(None)
+
+        return _Ctx()
+
+    # -- weights and state ------------------------------------------------------------------------------------
+    def adapter_tensors(self, name: str, with_moments: bool = False) -> dict[str, torch.Tensor]:
+        slot, rank = self.slot_of[name], self.specs[name].rank
+        out = {}
+        for module in self.targets[name]:
+            layer = self.layers[module]
+            out[f"{module}.A"], out[f"{module}.B"] = (t.clone() for t in layer.slot_weights(slot, rank))
+            if with_moments:
+                for key in STATE_KEYS[2:]:
+                    t = layer.state[key][slot]
+                    out[f"{module}.{key}"] = (t[:rank] if key.endswith("A") else t[:, :rank]).clone()
+        return out
+
+    @torch.no_grad()
+    def load_adapter_tensors(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
+        slot, spec = self.slot_of[name], self.specs[name]
+        for module in self.targets[name]:
+            layer = self.layers[module]
+            layer.set_slot(slot, tensors[f"{module}.A"], tensors[f"{module}.B"], spec.scaling)
+            for key in STATE_KEYS[2:]:
+                if f"{module}.{key}" in tensors:
+                    t = tensors[f"{module}.{key}"]
+                    target = layer.state[key][slot]
+                    target.zero_()
+                    (target[: t.shape[0]] if key.endswith("A") else target[:, : t.shape[1]]).copy_(t)
+
+    def save_peft(self, name: str, directory: Path) -> Path:
+        """Write a PEFT LoRA adapter directory atomically (temp dir, then rename)."""
+        from peft import LoraConfig
+
+        spec, targets = self.specs[name], self.targets[name]
+        tensors = self.adapter_tensors(name)
+        state = {}
+        for module in targets:
+            state[f"base_model.model.{module}.lora_A.weight"] = tensors[f"{module}.A"].contiguous()
+            state[f"base_model.model.{module}.lora_B.weight"] = tensors[f"{module}.B"].contiguous()
+        config = LoraConfig(
+            r=spec.rank,
+            lora_alpha=spec.alpha,
+            lora_dropout=spec.dropout,
+            target_modules=peft_target_modules(targets, list(self.candidates)),
+            fan_in_fan_out=any(self.layers[m].is_conv1d for m in targets),
+            bias="none",
+            task_type="CAUSAL_LM",
+            base_model_name_or_path=self.base_model_id,
+        )
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp.mkdir()
+        config.save_pretrained(str(tmp))
+        save_file(state, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        _fsync_dir(tmp)
+        replace_dir(tmp, directory)
+        return directory
+
+    def load_peft(self, name: str, directory: Path) -> None:
+        """Load a PEFT adapter directory (one this fleet wrote) into an existing slot."""
+        state = load_file(str(Path(directory) / "adapter_model.safetensors"))
+        tensors = {}
+        for key, value in state.items():
+            module, _, kind = key.removeprefix("base_model.model.").rpartition(".lora_")
+            tensors[f"{module}.{kind[0]}"] = value.to(self.lora_dtype)
+        self.load_adapter_tensors(name, tensors)
+
+
+def _match(target: str | list[str], names: list[str]) -> list[str]:
+    if target == "all-linear":
+        return list(names)
+    if isinstance(target, str):
+        return [n for n in names if re.fullmatch(target, n)]
+    return [n for n in names if any(n == t or n.endswith("." + t) for t in target)]
+
+
+def _features(module) -> tuple[int, int]:
+    w = module.weight
+    return (w.shape[1], w.shape[0]) if isinstance(module, torch.nn.Linear) else (w.shape[0], w.shape[1])
+
+
+def peft_target_modules(targets: list[str], candidates: list[str]) -> list[str] | str:
+    """PEFT's target_modules that selects exactly `targets`: suffix names when they suffice, else a regex."""
+    suffixes = sorted({t.rsplit(".", 1)[-1] for t in targets})
+    if set(_match(suffixes, candidates)) == set(targets):
+        return suffixes
+    return "(?:" + "|".join(re.escape(t) for t in sorted(targets)) + ")"
+
+
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Move a finished temp directory into place; a reader sees the old or the new one, never a mix."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        target.rename(old)
+    tmp.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    for file in path.iterdir():
+        with file.open("rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)

@@ -1,0 +1,166 @@
+"""MultiLoraLinear: one wrapped nn.Linear / GPT-2 Conv1D serving many adapters in one mixed batch.
+
+Adapters live in slots of stacked tensors: lora_A (S, R, in) and lora_B (S, out, R), padded with zeros to the
+largest rank R. Each sequence of the batch carries a slot index; the low-rank term is one gather plus two
+batched matmuls per layer, so there is no Python loop over samples or adapters. Zero padding stays exactly zero:
+its gradients are zero, and so are its AdamW updates. A slot that does not target this layer has scaling 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+try:
+    from transformers.pytorch_utils import Conv1D
+except ImportError:  # pragma: no cover - transformers always ships it
+    Conv1D = ()
+
+
+class Routing:
+    """Which slot each sequence of the current batch uses; shared by every layer, set once per forward."""
+
+    def __init__(self) -> None:
+        self.idx: torch.Tensor | None = None  # (batch,) long
+        self.dropout: torch.Tensor | None = None  # (batch, 1, 1) dropout probability, or None when all are 0
+
+    def set(self, idx: torch.Tensor | None, dropout: torch.Tensor | None = None) -> None:
+        self.idx, self.dropout = idx, dropout
+
+
+def is_supported(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or (Conv1D != () and isinstance(module, Conv1D))
+
+
+class MultiLoraLinear(nn.Module):
+    def __init__(self, base_layer: nn.Module, routing: Routing, lora_dtype: torch.dtype):
+        super().__init__()
+        self.base_layer = base_layer
+        self.routing = routing
+        self.is_conv1d = not isinstance(base_layer, nn.Linear)
+        weight = base_layer.weight
+        self.in_features, self.out_features = weight.shape[::-1] if not self.is_conv1d else weight.shape
+        kw = dict(dtype=lora_dtype, device=weight.device)
+        self.lora_A = nn.Parameter(torch.zeros(0, 0, self.in_features, **kw))
+        self.lora_B = nn.Parameter(torch.zeros(0, self.out_features, 0, **kw))
+        self.register_buffer("scaling", torch.zeros(0, **kw), persistent=False)
+        self.state: dict[str, torch.Tensor] = {}  # AdamW moments, same shapes as lora_A / lora_B
+
+    @property
+    def slots(self) -> int:
+        return self.lora_A.shape[0]
+
+    @property
+    def max_rank(self) -> int:
+        return self.lora_A.shape[1]
+
+    def resize(self, slots: int, rank: int) -> None:
+        """Grow to `slots` x `rank`, keeping every value (parameters and optimizer moments) in place."""
+        s0, r0 = self.slots, self.max_rank
+        if slots <= s0 and rank <= r0:
+            return
+        slots, rank = max(slots, s0), max(rank, r0)
+        with torch.no_grad():
+            a = self.lora_A.new_zeros(slots, rank, self.in_features)
+            b = self.lora_B.new_zeros(slots, self.out_features, rank)
+            a[:s0, :r0], b[:s0, :, :r0] = self.lora_A, self.lora_B
+            self.lora_A, self.lora_B = nn.Parameter(a), nn.Parameter(b)
+            scaling = self.scaling.new_zeros(slots)
+            scaling[:s0] = self.scaling
+            self.scaling = scaling
+            for key, old in list(self.state.items()):
+                new = (a if key.endswith("A") else b).new_zeros((a if key.endswith("A") else b).shape)
+                new[:s0, : old.shape[1], : old.shape[2]] = old
+                self.state[key] = new
+        for key in ("m_A", "v_A", "m_B", "v_B"):
+            self.state.setdefault(key, torch.zeros_like(self.lora_A if key.endswith("A") else self.lora_B))
+
+    @torch.no_grad()
+    def init_slot(self, slot: int, rank: int, scaling: float, generator: torch.Generator | None) -> None:
+        """PEFT's default init: A ~ kaiming_uniform(a=sqrt(5)), B = 0; scaling 0 means 'not targeted here'."""
+        self.lora_A[slot].zero_()
+        self.lora_B[slot].zero_()
+        for value in self.state.values():
+            value[slot].zero_()
+        self.scaling[slot] = scaling
+        if scaling:
+            bound = 1.0 / math.sqrt(self.in_features)  # kaiming_uniform with a=sqrt(5) on a (rank, in) matrix
+            a = torch.empty(rank, self.in_features, dtype=torch.float64)
+            a.uniform_(-bound, bound, generator=generator)
+            self.lora_A[slot, :rank] = a.to(self.lora_A.dtype)
+
+    @torch.no_grad()
+    def set_slot(self, slot: int, a: torch.Tensor, b: torch.Tensor, scaling: float) -> None:
+        self.lora_A[slot].zero_()
+        self.lora_B[slot].zero_()
+        self.lora_A[slot, : a.shape[0]] = a
+        self.lora_B[slot, :, : b.shape[1]] = b
+        self.scaling[slot] = scaling
+
+    def slot_weights(self, slot: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This slot's (A, B) in PEFT's shapes: A (rank, in), B (out, rank)."""
+        return self.lora_A[slot, :rank].detach(), self.lora_B[slot, :, :rank].detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_layer(x)
+        idx = self.routing.idx
+        if idx is None or self.slots == 0:
+            return y
+        a = self.lora_A[idx]  # (batch, R, in): a gather, cheap next to the matmuls
+        b = self.lora_B[idx]  # (batch, out, R)
+        xs = x.to(a.dtype).reshape(idx.shape[0], -1, self.in_features)
+        if self.routing.dropout is not None:
+            p = self.routing.dropout
+            xs = xs * ((torch.rand_like(xs) >= p).to(xs.dtype) / (1 - p))
+        h = torch.bmm(xs, a.transpose(1, 2))
+        delta = torch.bmm(h, b.transpose(1, 2)) * self.scaling[idx].view(-1, 1, 1)
+        return y + delta.reshape(y.shape).to(y.dtype)
+
+
+class SlotAdamW:
+    """Each slot's own AdamW (same maths as torch.optim.AdamW), vectorised over slots.
+
+    Per-slot hyper-parameters are (S,) tensors; a slot with active=0 is left exactly as it was.
+    """
+
+    def __init__(self, layers: list[MultiLoraLinear]):
+        self.layers = layers
+
+    def grad_sq_norms(self) -> torch.Tensor:
+        """Per-slot squared gradient norm over every layer: (S,)."""
+        total = None
+        for layer in self.layers:
+            for p in (layer.lora_A, layer.lora_B):
+                if p.grad is not None:
+                    sq = p.grad.double().pow(2).sum(dim=(1, 2))
+                    total = sq if total is None else total + sq
+        return total
+
+    @torch.no_grad()
+    def step(self, lr, wd, beta1, beta2, eps, steps, grad_scale, active) -> None:
+        """All arguments are (S,) float64 tensors; `steps` is each slot's step count after this update."""
+        w1, w2 = (1 - beta1) * active, (1 - beta2) * active
+        keep1, keep2 = 1 - w1, 1 - w2
+        step_size = lr * active / (1 - beta1**steps)
+        bc2_sqrt = (1 - beta2**steps).sqrt()
+        decay = 1 - lr * wd * active
+        for layer in self.layers:
+            for name, p in (("A", layer.lora_A), ("B", layer.lora_B)):
+                if p.grad is None:
+                    continue
+                view = (-1, 1, 1)
+                dt = p.dtype
+                g = p.grad * grad_scale.to(dt).view(view)
+                m, v = layer.state["m_" + name], layer.state["v_" + name]
+                p.mul_(decay.to(dt).view(view))
+                m.mul_(keep1.to(dt).view(view)).add_(g * w1.to(dt).view(view))
+                v.mul_(keep2.to(dt).view(view)).add_(g * g * w2.to(dt).view(view))
+                denom = (v.sqrt() / bc2_sqrt.to(dt).view(view)).add_(eps.to(dt).view(view))
+                p.addcdiv_(m * step_size.to(dt).view(view), denom, value=-1.0)
+
+    def zero_grad(self) -> None:
+        for layer in self.layers:
+            layer.lora_A.grad = None
+            layer.lora_B.grad = None
