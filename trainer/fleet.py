@@ -168,8 +168,8 @@ class Fleet:
                     target.zero_()
                     (target[: t.shape[0]] if key.endswith("A") else target[:, : t.shape[1]]).copy_(t)
 
-    def save_peft(self, name: str, directory: Path) -> Path:
-        """Write a PEFT LoRA adapter directory atomically (temp dir, then rename)."""
+    def save_peft(self, name: str, directory: Path, meta: dict | None = None) -> Path:
+        """Write a PEFT LoRA adapter directory atomically (temp dir, then rename); `meta` goes to lorafleet.json."""
         from peft import LoraConfig
 
         spec, targets = self.specs[name], self.targets[name]
@@ -194,6 +194,8 @@ class Fleet:
         tmp.mkdir()
         config.save_pretrained(str(tmp))
         save_file(state, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        if meta is not None:
+            (tmp / "lorafleet.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
         _fsync_dir(tmp)
         replace_dir(tmp, directory)
         return directory

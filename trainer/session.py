@@ -260,9 +260,13 @@ class FleetRun:
     def checkpoint(self, adapter: AdapterRun, final: bool) -> str:
         start, name = time.time_ns(), adapter.spec.name
         where = self.dir / "adapters" / name / ("final" if final else f"checkpoint-{adapter.step}")
-        self.fleet.save_peft(name, where)
-        write_json_atomic(where / "lorafleet.json", {"run_id": self.run_id, "step": adapter.step, **asdict(adapter.info),
-                          "base_model_sha256": self.base_sha256})  # fmt: skip
+        meta = {
+            "run_id": self.run_id,
+            "step": adapter.step,
+            "base_model_sha256": self.base_sha256,
+            **asdict(adapter.info),
+        }
+        self.fleet.save_peft(name, where, meta)
         self.later("on_checkpoint", CheckpointRecord(self.run_id, name, adapter.step, str(where), final, start,
                                                      time.time_ns()))  # fmt: skip
         return str(where)
