@@ -211,6 +211,15 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables: runs, adapters, metrics, evals", CORE_TABLES),
     Migration(2, "otel_traces as the OpenTelemetry Collector creates it", OTEL_TRACES),
     Migration(3, "registry: versions, alias events, conflicts", REGISTRY_TABLES),
+    # Per-file sha256 so a checksum mismatch names the file that changed.
+    Migration(
+        4,
+        "registry: per-file checksums of each version",
+        (
+            "ALTER TABLE registry_versions {on_cluster} "
+            "ADD COLUMN IF NOT EXISTS files Map(String, String) AFTER content_sha256",
+        ),
+    ),
 )
 
 _ENGINE = re.compile(r"\{engine:([A-Za-z]+)(\([^)]*\))?\}")
