@@ -52,14 +52,21 @@ def serve_console(store_url: str | None, port: int, address: str = "127.0.0.1") 
         return process.wait(timeout=10)
 
 
-def run_demo(store_url: str | None, spec_path: Path = DEMO_SPEC) -> dict:
+def run_demo(
+    store_url: str | None,
+    spec_path: Path = DEMO_SPEC,
+    *,
+    prometheus_port: int | None = None,
+    prometheus_addr: str = "127.0.0.1",
+) -> dict:
     """Train the demo fleet with telemetry, register its versions and promote each family's best."""
     from lorafleet.store import registry
     from lorafleet.telemetry import Telemetry
     from lorafleet.trainer import load_fleet_spec, run_fleet
 
     spec = load_fleet_spec(spec_path)
-    result = run_fleet(spec, callbacks=[Telemetry(store_url)])
+    telemetry = Telemetry(store_url, prometheus_port=prometheus_port, prometheus_addr=prometheus_addr)
+    result = run_fleet(spec, callbacks=[telemetry])
     run_id = getattr(result, "run_id", result)
     store = open_store(store_url)
     versions = registry.register_run(store, run_id, actor=DEMO_ACTOR)
@@ -115,11 +122,17 @@ def register(app: typer.Typer) -> None:
         no_console: Annotated[bool, typer.Option("--no-console", help="Stop after training and promoting.")] = False,
         store: StoreOption = None,
         port: PortOption = 8501,
+        prometheus_port: Annotated[
+            int | None, typer.Option("--prometheus-port", help="Serve the trainer's /metrics on this port.")
+        ] = None,
+        prometheus_addr: Annotated[
+            str, typer.Option("--prometheus-addr", help="Interface for /metrics.")
+        ] = "127.0.0.1",
         json: JsonOption = False,
     ) -> None:
         """Train examples/demo.yaml on the store, register its versions, promote the best of each
         family to `production` through the gate, then serve the console."""
-        summary = run_demo(store)
+        summary = run_demo(store, prometheus_port=prometheus_port, prometheus_addr=prometheus_addr)
         output(summary["promoted"], json, columns=["family", "alias", "version", "outcome"], title="promoted")
         if not json:
             console.print(f"run {summary['run_id']}: registered {', '.join(summary['versions']) or 'no versions'}")
