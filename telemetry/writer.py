@@ -134,6 +134,10 @@ class BatchWriter:
                 log.exception("telemetry writer: unexpected error")
                 self._retry_at = time.monotonic() + self._retry_s
             if stopping and not self._queue:
+                # After a shutdown that timed out, this thread may have spooled once more: let go of the
+                # spool directory so a later process can replay it.
+                self._spill_overflow()
+                self.spool.close()
                 return
 
     def _wait_time(self) -> float:
@@ -143,6 +147,8 @@ class BatchWriter:
 
     def _cycle(self) -> None:
         self._replay()
+        if self._orphans_pending and not self._store_down():
+            self._replay_orphans()
         while self._queue:
             token, items, markers = self._take()
             if items:
@@ -187,8 +193,6 @@ class BatchWriter:
             return
         self.stats.written_rows += batch.rows
         self.stats.batches += 1
-        if self._orphans_pending:
-            self._replay_orphans()
 
     def _store_down(self) -> bool:
         return bool(self.spool) or time.monotonic() < self._retry_at

@@ -18,6 +18,7 @@ from lorafleet.trainer.callbacks import (
     RunEnd,
     RunRecord,
     StepRecord,
+    TrainerCallback,
 )
 
 PHASES = ("data", "forward", "backward", "optimizer")
@@ -117,3 +118,33 @@ class SyntheticFleet:
 @pytest.fixture
 def fleet() -> SyntheticFleet:
     return SyntheticFleet()
+
+
+class Recorder(TrainerCallback):
+    """Keeps every record it is given, in order."""
+
+    def __init__(self):
+        self.records: list = []
+
+    def on_run_start(self, run):
+        self.records.append(run)
+
+    def on_step(self, record):
+        self.records.append(record)
+
+    def on_eval(self, record):
+        self.records.append(record)
+
+    def on_checkpoint(self, record):
+        self.records.append(record)
+
+    def on_fleet_change(self, change):
+        self.records.append(change)
+
+    def on_run_end(self, end):
+        self.records.append(end)
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()

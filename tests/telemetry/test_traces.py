@@ -1,0 +1,126 @@
+"""Traces: one per run, a consistent span tree found the way Grafana finds it, Collector format."""
+
+from __future__ import annotations
+
+import math
+
+from lorafleet.store import traces
+from lorafleet.telemetry import Telemetry, TraceSampling
+
+
+def assert_consistent_tree(store, spans: list[dict]) -> dict[str, dict]:
+    """Every parent exists in the trace, there is one root, and children lie inside their parent."""
+    by_id = {s["SpanId"]: s for s in spans}
+    starts = _start_ns(store, spans[0]["TraceId"])
+    assert len(by_id) == len(spans), "span ids are unique"
+    roots = [s for s in spans if s["ParentSpanId"] == ""]
+    assert len(roots) == 1, f"one root span, got {[r['SpanName'] for r in roots]}"
+    for span in spans:
+        if span["ParentSpanId"]:
+            parent = by_id.get(span["ParentSpanId"])
+            assert parent is not None, f"{span['SpanName']} has a missing parent"
+            start, end = starts[span["SpanId"]], starts[span["SpanId"]] + span["Duration"]
+            p_start, p_end = starts[parent["SpanId"]], starts[parent["SpanId"]] + parent["Duration"]
+            assert p_start <= start and end <= p_end, f"{span['SpanName']} lies outside its {parent['SpanName']}"
+    return by_id
+
+
+def _start_ns(store, trace_id: str) -> dict[str, int]:
+    """Start times in nanoseconds (Python datetimes stop at microseconds)."""
+    rows = store.query_rows(
+        "SELECT SpanId, toUnixTimestamp64Nano(Timestamp) AS ns FROM otel_traces WHERE TraceId = {t:String}",
+        {"t": trace_id},
+    )
+    return {r["SpanId"]: int(r["ns"]) for r in rows}
+
+
+def test_run_leaves_one_trace_with_a_consistent_span_tree(fleet, store_url, store):
+    with Telemetry(store_url, sampling=TraceSampling(first_steps=100, every=100)) as tel:
+        fleet.start(tel)
+        for s in range(1, 6):
+            fleet.step(tel, s)
+        fleet.change(tel, 5, "delta", "join")
+        fleet.step(tel, 6, active=("alpha", "beta", "gamma", "delta"))
+        fleet.change(tel, 6, "beta", "early_stop", reason="plateau")
+        fleet.change(tel, 6, "gamma", "quarantine", reason="non-finite loss", value=math.inf)
+        fleet.change(tel, 6, "delta", "leave", reason="removed")
+        fleet.eval(tel, "alpha")
+        fleet.checkpoint(tel, "alpha", final=True)
+        fleet.end(tel, 6)
+
+    trace_ids = traces.trace_ids_for_run(store, fleet.run_id)
+    assert len(trace_ids) == 1
+    spans = traces.trace_spans(store, trace_ids[0])  # bounded by otel_traces_trace_id_ts, as Grafana does
+    assert_consistent_tree(store, spans)
+    names = [s["SpanName"] for s in spans]
+    assert names.count("run") == 1 and names.count("step") == 6
+    for phase in ("data", "forward", "backward", "optimizer"):
+        assert names.count(phase) == 6
+    assert names.count("eval") == 1 and names.count("checkpoint") == 1
+    run = next(s for s in spans if s["SpanName"] == "run")
+    assert sorted(run["EventNames"]) == ["early_stop", "join", "leave", "quarantine"]
+    last_step = max(
+        (s for s in spans if s["SpanName"] == "step"), key=lambda s: int(s["SpanAttributes"]["lorafleet.step"])
+    )
+    assert last_step["SpanAttributes"]["lorafleet.adapters.active"] == "4"
+    assert last_step["SpanAttributes"]["lorafleet.tokens"] == str(4 * 128)
+    evaluation = next(s for s in spans if s["SpanName"] == "eval")
+    assert evaluation["SpanAttributes"]["lorafleet.adapter.id"] == "alpha"
+    assert evaluation["SpanAttributes"]["lorafleet.eval.exact_match"] == "0.5"
+
+
+def test_span_rows_are_written_as_the_collector_writes_them(fleet, store_url, store):
+    with Telemetry(store_url) as tel:
+        fleet.run(tel, 2)
+    rows = store.query_rows(
+        """
+        SELECT SpanName, SpanKind, StatusCode, ServiceName, ScopeName, TraceId, SpanId, ParentSpanId,
+               ResourceAttributes, Duration, Events.Timestamp AS EventTimes
+        FROM otel_traces ORDER BY Timestamp
+        """
+    )
+    assert {r["SpanKind"] for r in rows} == {"SPAN_KIND_INTERNAL"}
+    assert {r["StatusCode"] for r in rows} == {"STATUS_CODE_UNSET"}
+    assert {r["ServiceName"] for r in rows} == {"lorafleet-trainer"}
+    assert {r["ScopeName"] for r in rows} == {"lorafleet.telemetry"}
+    for row in rows:
+        assert len(row["TraceId"]) == 32 and int(row["TraceId"], 16)
+        assert len(row["SpanId"]) == 16 and int(row["SpanId"], 16)
+        assert row["ParentSpanId"] == "" or len(row["ParentSpanId"]) == 16
+        resource = row["ResourceAttributes"]
+        assert resource["lorafleet.run.id"] == fleet.run_id
+        assert resource["service.version"] and resource["host.name"]
+    step = next(r for r in rows if r["SpanName"] == "forward")
+    assert step["Duration"] == 400_000  # nanoseconds, from the trainer's own timestamps
+
+
+def test_sampling_keeps_the_first_steps_every_kth_and_errors(fleet, store_url, store):
+    with Telemetry(store_url, sampling=TraceSampling(first_steps=3, every=10)) as tel:
+        fleet.start(tel)
+        for s in range(1, 31):
+            fleet.step(tel, s, loss=math.nan if s == 17 else None)
+        fleet.step(tel, 31)  # not sampled on its own ...
+        fleet.change(tel, 31, "beta", "quarantine", reason="loss spike")  # ... but a quarantine keeps it
+        fleet.end(tel, 31)
+    rows = store.query_rows(
+        "SELECT SpanAttributes['lorafleet.step'] AS step, StatusCode FROM otel_traces WHERE SpanName = 'step'"
+    )
+    kept = sorted(int(r["step"]) for r in rows)
+    assert kept == [1, 2, 3, 10, 17, 20, 30, 31]
+    errors = sorted(int(r["step"]) for r in rows if r["StatusCode"] == "STATUS_CODE_ERROR")
+    assert errors == [17, 31]
+    phases = store.query_rows("SELECT count() AS n FROM otel_traces WHERE SpanName = 'forward'")[0]["n"]
+    assert phases == len(kept)
+
+
+def test_a_run_that_never_ends_still_gets_its_root_span_at_shutdown(fleet, store_url, store):
+    tel = Telemetry(store_url)
+    fleet.start(tel)
+    fleet.step(tel, 1)
+    tel.shutdown()
+    [trace_id] = traces.trace_ids_for_run(store, fleet.run_id)
+    spans = traces.trace_spans(store, trace_id)
+    assert_consistent_tree(store, spans)
+    run = next(s for s in spans if s["SpanName"] == "run")
+    assert run["StatusCode"] == "STATUS_CODE_ERROR"
+    assert run["SpanAttributes"]["lorafleet.run.status"] == "interrupted"
