@@ -66,8 +66,11 @@ def run_demo(
 
     spec = load_fleet_spec(spec_path)
     telemetry = Telemetry(store_url, prometheus_port=prometheus_port, prometheus_addr=prometheus_addr)
-    result = run_fleet(spec, callbacks=[telemetry])
-    run_id = getattr(result, "run_id", result)
+    try:
+        result = run_fleet(spec, callbacks=[telemetry])
+    finally:
+        telemetry.shutdown()  # everything written before versions are registered from it
+    run_id = result.run_id
     store = open_store(store_url)
     versions = registry.register_run(store, run_id, actor=DEMO_ACTOR)
     promoted = [_promote_best(store, registry, family, vs) for family, vs in _by_family(versions).items()]

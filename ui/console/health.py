@@ -10,7 +10,7 @@ DIVERGE_OVER_START = 1.10  # ended more than 10% above its first loss
 DIVERGE_OVER_MIN = 2.0  # or more than twice its best loss
 THROUGHPUT_DROP = 0.80  # below 80% of the previous run's tokens/s for the same config
 
-FLAGS = ("divergence", "nan_quarantine", "grad_spikes", "throughput_drop")
+FLAGS = ("divergence", "nan_quarantine", "grad_norm_spikes", "throughput_drop")
 
 
 def _finite(value) -> bool:
@@ -30,7 +30,7 @@ def flags(row: dict) -> list[str]:
     if row.get("status") == "quarantined" or (row.get("loss_nonfinite") or 0) > 0:
         raised.append("nan_quarantine")
     if (row.get("grad_spikes") or 0) > 0:
-        raised.append("grad_spikes")
+        raised.append("grad_norm_spikes")
     now, before = row.get("tokens_per_s"), row.get("prev_tokens_per_s")
     if _finite(now) and _finite(before) and before and now < before * THROUGHPUT_DROP:
         raised.append("throughput_drop")
