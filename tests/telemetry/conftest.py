@@ -148,3 +148,34 @@ class Recorder(TrainerCallback):
 @pytest.fixture
 def recorder() -> Recorder:
     return Recorder()
+
+
+def assert_consistent_tree(store, spans: list[dict]) -> dict[str, dict]:
+    """Every parent exists in the trace, there is one root, and children lie inside their parent."""
+    by_id = {s["SpanId"]: s for s in spans}
+    starts = _start_ns(store, spans[0]["TraceId"])
+    assert len(by_id) == len(spans), "span ids are unique"
+    roots = [s for s in spans if s["ParentSpanId"] == ""]
+    assert len(roots) == 1, f"one root span, got {[r['SpanName'] for r in roots]}"
+    for span in spans:
+        if span["ParentSpanId"]:
+            parent = by_id.get(span["ParentSpanId"])
+            assert parent is not None, f"{span['SpanName']} has a missing parent"
+            start, end = starts[span["SpanId"]], starts[span["SpanId"]] + span["Duration"]
+            p_start, p_end = starts[parent["SpanId"]], starts[parent["SpanId"]] + parent["Duration"]
+            assert p_start <= start and end <= p_end, f"{span['SpanName']} lies outside its {parent['SpanName']}"
+    return by_id
+
+
+def _start_ns(store, trace_id: str) -> dict[str, int]:
+    """Start times in nanoseconds (Python datetimes stop at microseconds)."""
+    rows = store.query_rows(
+        "SELECT SpanId, toUnixTimestamp64Nano(Timestamp) AS ns FROM otel_traces WHERE TraceId = {t:String}",
+        {"t": trace_id},
+    )
+    return {r["SpanId"]: int(r["ns"]) for r in rows}
+
+
+@pytest.fixture
+def assert_tree():
+    return assert_consistent_tree

@@ -8,33 +8,7 @@ from lorafleet.store import traces
 from lorafleet.telemetry import Telemetry, TraceSampling
 
 
-def assert_consistent_tree(store, spans: list[dict]) -> dict[str, dict]:
-    """Every parent exists in the trace, there is one root, and children lie inside their parent."""
-    by_id = {s["SpanId"]: s for s in spans}
-    starts = _start_ns(store, spans[0]["TraceId"])
-    assert len(by_id) == len(spans), "span ids are unique"
-    roots = [s for s in spans if s["ParentSpanId"] == ""]
-    assert len(roots) == 1, f"one root span, got {[r['SpanName'] for r in roots]}"
-    for span in spans:
-        if span["ParentSpanId"]:
-            parent = by_id.get(span["ParentSpanId"])
-            assert parent is not None, f"{span['SpanName']} has a missing parent"
-            start, end = starts[span["SpanId"]], starts[span["SpanId"]] + span["Duration"]
-            p_start, p_end = starts[parent["SpanId"]], starts[parent["SpanId"]] + parent["Duration"]
-            assert p_start <= start and end <= p_end, f"{span['SpanName']} lies outside its {parent['SpanName']}"
-    return by_id
-
-
-def _start_ns(store, trace_id: str) -> dict[str, int]:
-    """Start times in nanoseconds (Python datetimes stop at microseconds)."""
-    rows = store.query_rows(
-        "SELECT SpanId, toUnixTimestamp64Nano(Timestamp) AS ns FROM otel_traces WHERE TraceId = {t:String}",
-        {"t": trace_id},
-    )
-    return {r["SpanId"]: int(r["ns"]) for r in rows}
-
-
-def test_run_leaves_one_trace_with_a_consistent_span_tree(fleet, store_url, store):
+def test_run_leaves_one_trace_with_a_consistent_span_tree(fleet, store_url, store, assert_tree):
     with Telemetry(store_url, sampling=TraceSampling(first_steps=100, every=100)) as tel:
         fleet.start(tel)
         for s in range(1, 6):
@@ -51,7 +25,7 @@ def test_run_leaves_one_trace_with_a_consistent_span_tree(fleet, store_url, stor
     trace_ids = traces.trace_ids_for_run(store, fleet.run_id)
     assert len(trace_ids) == 1
     spans = traces.trace_spans(store, trace_ids[0])  # bounded by otel_traces_trace_id_ts, as Grafana does
-    assert_consistent_tree(store, spans)
+    assert_tree(store, spans)
     names = [s["SpanName"] for s in spans]
     assert names.count("run") == 1 and names.count("step") == 6
     for phase in ("data", "forward", "backward", "optimizer"):
@@ -113,14 +87,14 @@ def test_sampling_keeps_the_first_steps_every_kth_and_errors(fleet, store_url, s
     assert phases == len(kept)
 
 
-def test_a_run_that_never_ends_still_gets_its_root_span_at_shutdown(fleet, store_url, store):
+def test_a_run_that_never_ends_still_gets_its_root_span_at_shutdown(fleet, store_url, store, assert_tree):
     tel = Telemetry(store_url)
     fleet.start(tel)
     fleet.step(tel, 1)
     tel.shutdown()
     [trace_id] = traces.trace_ids_for_run(store, fleet.run_id)
     spans = traces.trace_spans(store, trace_id)
-    assert_consistent_tree(store, spans)
+    assert_tree(store, spans)
     run = next(s for s in spans if s["SpanName"] == "run")
     assert run["StatusCode"] == "STATUS_CODE_ERROR"
     assert run["SpanAttributes"]["lorafleet.run.status"] == "interrupted"
