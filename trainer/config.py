@@ -133,7 +133,18 @@ class FleetSpec(_Strict):
     threads: int | None = Field(None, gt=0, description="torch CPU threads; default: all cores")
     state_every: int = Field(1, ge=0, description="steps between trainer-state saves for --resume; 0 = never")
     eval_batch_size: int = Field(32, gt=0)
+    defaults: dict = Field(
+        default_factory=dict, description="adapter fields shared by every adapter unless it sets them"
+    )
     adapters: list[AdapterSpec] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_defaults(cls, raw: object) -> object:
+        if isinstance(raw, dict) and isinstance(raw.get("defaults"), dict) and isinstance(raw.get("adapters"), list):
+            merged = [{**raw["defaults"], **a} if isinstance(a, dict) else a for a in raw["adapters"]]
+            raw = {**raw, "adapters": merged}
+        return raw
 
     @field_validator("name")
     @classmethod
@@ -233,6 +244,8 @@ def load_fleet_spec(path: str | Path) -> FleetSpec:
     raw = _read_yaml(path)
     if not isinstance(raw, dict):
         raise BadInput(f"{path}: expected a mapping with 'name' and 'adapters', got {type(raw).__name__}")
+    if isinstance(raw.get("defaults"), dict):
+        _resolve_adapter_paths(raw["defaults"], path.parent.resolve())
     raw = _resolve_paths(raw, path.parent.resolve())
     try:
         spec = FleetSpec.model_validate(raw)
