@@ -3,6 +3,7 @@ through the store API as the trainer's telemetry would write them."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +57,16 @@ class Seeder:
 
     store: object
     root: Path
+    cache: Path  # adapters built once per test session, keyed by seed, copied into each test
     seed: int = 0
+
+    def adapter(self, target: Path) -> Path:
+        self.seed += 1
+        built = self.cache / f"seed-{self.seed}"
+        if not built.exists():
+            save_peft_adapter(built, self.seed)
+        shutil.copytree(built, target)
+        return target
 
     def run(self, run_id: str, adapters: dict[str, float], family: str = "support-bot", status: str = "finished"):
         runs.upsert_run(
@@ -66,8 +76,7 @@ class Seeder:
         )  # fmt: skip
         rows = []
         for name, quality in adapters.items():
-            self.seed += 1
-            path = save_peft_adapter(self.root / run_id / name, self.seed)
+            path = self.adapter(self.root / run_id / name)
             rows.append(
                 runs.AdapterRow(run_id, name, family=family, status=status, config={"rank": 2, "lr": 1e-3},
                                 dataset_sha256="d" * 64, step=10, artifact_path=str(path))
@@ -76,6 +85,11 @@ class Seeder:
         runs.upsert_adapters(self.store, rows)
 
 
+@pytest.fixture(scope="session")
+def adapter_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("peft-adapters")
+
+
 @pytest.fixture
-def seeder(store, tmp_path) -> Seeder:
-    return Seeder(store, tmp_path / "artifacts")
+def seeder(store, tmp_path, adapter_cache) -> Seeder:
+    return Seeder(store, tmp_path / "artifacts", adapter_cache)

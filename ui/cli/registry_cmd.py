@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from lorafleet.errors import GateRefused
 from lorafleet.store import open_store
 from lorafleet.store import registry as reg
-from lorafleet.ui.cli._common import JsonOption, StoreOption, console, handle_errors, output, print_json
+from lorafleet.ui.cli._common import JsonOption, StoreOption, console, handle_errors, print_json
 
 ActorOption = Annotated[
     str | None, typer.Option("--actor", help="Who is acting, for the audit trail (default: the OS user).")
@@ -59,7 +61,7 @@ def register_cmd(
         return
     rows = [{"family": v.family, "version": v.version, "adapter": v.adapter, "sha256": v.content_sha256[:12],
              "artifact": v.artifact_path} for v in versions]  # fmt: skip
-    output(rows, False, title=f"registered from run {run_id}")
+    _table(rows, ("family", "version", "adapter", "sha256", "artifact"), f"registered from run {run_id}")
 
 
 def families_cmd(store: StoreOption = None, json: JsonOption = False) -> None:
@@ -70,7 +72,7 @@ def families_cmd(store: StoreOption = None, json: JsonOption = False) -> None:
         return
     for row in rows:
         row["aliases"] = _aliases_text(row["aliases"])
-    output(rows, False, ("family", "versions", "latest", "aliases", "updated"), title="families")
+    _table(rows, ("family", "versions", "latest", "aliases", "updated"), "families")
 
 
 def versions_cmd(
@@ -97,7 +99,7 @@ def versions_cmd(
         }
         for v in versions
     ]
-    output(rows, False, VERSION_COLUMNS, title=f"versions of {family}")
+    _table(rows, VERSION_COLUMNS, f"versions of {family}")
 
 
 def compare_cmd(
@@ -203,9 +205,7 @@ def history_cmd(
          "to": e.to_version, "actor": e.actor, "reason": e.reason, "gate": e.gate_verdict}
         for e in events
     ]  # fmt: skip
-    output(
-        rows, False, EVENT_COLUMNS, title=f"history of {family}" + (f" up to {moment.isoformat()}" if moment else "")
-    )
+    _table(rows, EVENT_COLUMNS, f"history of {family}" + (f" up to {moment.isoformat()}" if moment else ""))
     when = f"at {moment.isoformat()}" if moment else "now"
     console.print(f"{family} {when}: {_aliases_text(pointing) or 'no aliases set'}")
     if lost:
@@ -229,24 +229,47 @@ def resolve_cmd(
 
 
 def print_gate(report: reg.GateReport) -> None:
+    """The gate as a table: one row per (suite, metric); delta > 0 is better (lower-is-better metrics are flipped)."""
     first = report.baseline is None
     rows = []
     for r in report.rows:
-        row = {"suite": r.suite, "metric": r.metric, "n": r.n, "candidate": r.candidate_mean}
+        row = {"suite": r.suite, "metric": r.metric + ("" if r.higher_is_better else " ↓"),
+               "n": r.n, "candidate": r.candidate_mean}  # fmt: skip
         if not first:
-            result = "[red]REGRESSION[/]" if r.regression else ("ok" if r.gating else "not gating")
-            interval = f"[{r.ci_low:+.4g}, {r.ci_high:+.4g}]"
-            row |= {"baseline": r.baseline_mean, "delta": f"{r.delta:+.4g}", "95% CI": interval,
-                    "better": "higher" if r.higher_is_better else "lower", "result": result}  # fmt: skip
+            result = "[bold red]REGRESSION[/]" if r.regression else ("ok" if r.gating else "not gating")
+            row |= {"baseline": r.baseline_mean, "delta": f"{r.delta:+.4g}",
+                    "95% CI": f"[{r.ci_low:+.4g}, {r.ci_high:+.4g}]", "result": result}  # fmt: skip
         rows.append(row)
     if first:
-        title = f"{report.family}:{report.candidate} — first promotion, the candidate's own evals"
+        title = f"{report.family}:{report.candidate}: first promotion, the candidate's own evals"
         columns = ("suite", "metric", "n", "candidate")
     else:
-        title = (f"{report.family}:{report.candidate} vs {report.baseline} — delta > 0 is better; "
-                 f"tolerance {report.tolerance:g}; verdict: {report.verdict}")  # fmt: skip
-        columns = ("suite", "metric", "n", "baseline", "candidate", "delta", "95% CI", "better", "result")
-    output(rows, False, columns, title=title)
+        title = (f"gate {report.family}:{report.candidate} vs {report.baseline}: {report.verdict} "
+                 f"(delta > 0 is better, ↓ lower is better; tolerance {report.tolerance:g})")  # fmt: skip
+        columns = ("suite", "metric", "n", "baseline", "candidate", "delta", "95% CI", "result")
+    if not rows:
+        title += " - no paired eval examples"
+    _table(rows, columns, title)
+
+
+def _table(rows: list[dict], columns: tuple[str, ...], title: str) -> None:
+    """Like _common.output, but cells fold instead of being cut, so narrow terminals lose nothing."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(_cell(row.get(c)) for c in columns))
+    console.print(table)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
 
 
 def _version_text(version: int | None) -> str:
