@@ -57,13 +57,13 @@ class AdapterSpec(_Strict):
     eval_every: int = Field(50, ge=0, description="steps between evals; 0 = only at start and end")
     checkpoint_every: int = Field(0, ge=0, description="steps between PEFT checkpoints; 0 = final only")
     early_stopping_patience: int | None = Field(None, gt=0, description="evals without eval_loss improvement")
+    early_stopping_min_delta: float = Field(0.0, ge=0, description="how much lower eval_loss must go to count")
     seed: int | None = None
 
     @field_validator("name", "family")
     @classmethod
     def _valid_name(cls, value: str, info) -> str:
-        check_name(value, info.field_name)
-        return value
+        return _name(value, info.field_name)
 
     @field_validator("target_modules")
     @classmethod
@@ -149,7 +149,7 @@ class FleetSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        return check_name(value, "name")
+        return _name(value, "name")
 
     @model_validator(mode="after")
     def _unique_names(self) -> FleetSpec:
@@ -159,6 +159,13 @@ class FleetSpec(_Strict):
                 raise ValueError(f"duplicate adapter name {adapter.name!r} in adapters")
             seen.add(adapter.name)
         return self
+
+
+def _name(value: str, what: str) -> str:
+    try:
+        return check_name(value, what)
+    except BadInput as exc:  # pydantic reports ValueErrors with the field's location
+        raise ValueError(str(exc)) from None
 
 
 def _check_data_ref(ref: str) -> None:

@@ -249,7 +249,7 @@ class FleetRun:
             self._early_stopping(adapter, adapter.last_eval[adapter.suites[0][0]]["eval_loss"])
 
     def _early_stopping(self, adapter: AdapterRun, loss: float) -> None:
-        if loss < adapter.best_loss:
+        if loss < adapter.best_loss - adapter.spec.early_stopping_min_delta:
             adapter.best_loss, adapter.bad_evals = loss, 0
             return
         adapter.bad_evals += 1

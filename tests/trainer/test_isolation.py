@@ -1,0 +1,181 @@
+"""Concurrency must not change the maths: each adapter in a mixed step gets exactly its own gradients and updates."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file
+
+from lorafleet.trainer import AdapterSpec, FleetSpec, run_fleet, stop_adapter, submit_adapter
+from lorafleet.trainer.base import load_base
+from lorafleet.trainer.data import DataStream, collate, load_dataset
+from lorafleet.trainer.fleet import Fleet
+from lorafleet.trainer.layer import SlotAdamW
+
+SPECS = [
+    AdapterSpec(name="r2", family="f", rank=2, alpha=4, train_data="task:reverse", max_steps=3),
+    AdapterSpec(
+        name="r4",
+        family="f",
+        rank=4,
+        alpha=16,
+        train_data="task:sort",
+        max_steps=3,
+        target_modules=["q_proj", "v_proj"],
+    ),  # fmt: skip
+    AdapterSpec(
+        name="r8",
+        family="f",
+        rank=8,
+        alpha=8,
+        train_data="task:add",
+        max_steps=3,
+        target_modules=r"model\.layers\.[01]\.mlp\..*",
+    ),  # fmt: skip
+]
+
+
+def _fleet(specs, seed_of=lambda s: 7):
+    model, tok = load_base("tiny", dtype="float64")
+    fleet = Fleet(model, tok)
+    for spec in specs:
+        fleet.add(spec, seed=hash(spec.name) % 1000)
+        _randomise_b(fleet, spec.name)  # B starts at zero in LoRA; make it non-zero so every gradient is
+    return fleet
+
+
+def _randomise_b(fleet, name):
+    g = torch.Generator().manual_seed(len(name) * 31 + fleet.specs[name].rank)
+    tensors = fleet.adapter_tensors(name)
+    for key in [k for k in tensors if k.endswith(".B")]:
+        tensors[key] = torch.randn(tensors[key].shape, generator=g, dtype=torch.float64) * 0.1
+    fleet.load_adapter_tensors(name, tensors)
+
+
+def _batches(tok, specs, sizes):
+    return {s.name: DataStream(load_dataset(s.train_data, tok, 32, n=32), n, seed=3).next_batch()
+            for s, n in zip(specs, sizes, strict=True)}  # fmt: skip
+
+
+def _grads(fleet, name):
+    slot, rank = fleet.slot_of[name], fleet.specs[name].rank
+    out = {}
+    for module in fleet.targets[name]:
+        layer = fleet.layers[module]
+        out[f"{module}.A"] = layer.lora_A.grad[slot, :rank].clone()
+        out[f"{module}.B"] = layer.lora_B.grad[slot, :, :rank].clone()
+    return out
+
+
+def test_fleet_adapter_gets_same_gradients_as_alone():
+    fleet = _fleet(SPECS)
+    batches = _batches(fleet.tokenizer, SPECS, [1, 2, 3])
+    mixed = collate([(fleet.slot_of[n], b) for n, b in batches.items()], fleet.tokenizer.pad_token_id)
+    total, _ = fleet.losses(mixed)
+    total.backward()
+    for spec in SPECS:
+        alone = _fleet([spec])
+        single = collate([(0, batches[spec.name])], alone.tokenizer.pad_token_id)
+        alone.losses(single)[0].backward()
+        expected, got = _grads(alone, spec.name), _grads(fleet, spec.name)
+        assert expected.keys() == got.keys()
+        for key in expected:
+            assert expected[key].abs().max() > 0, key
+            torch.testing.assert_close(got[key], expected[key], rtol=1e-10, atol=1e-12)
+
+
+def test_fleet_adapter_trains_like_peft_with_torch_adamw():
+    """Three steps in a mixed fleet equal PEFT + torch.optim.AdamW + clip_grad_norm_ on that adapter alone."""
+    spec = SPECS[1].model_copy(update={"learning_rate": 0.05, "weight_decay": 0.1, "grad_clip": 0.5})
+    fleet = _fleet([SPECS[0], spec, SPECS[2]])
+    model, tok = load_base("tiny", dtype="float64")
+    config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, target_modules=spec.target_modules, lora_dropout=0.0)
+    peft_model = get_peft_model(model, config)
+    start = fleet.adapter_tensors(spec.name)
+    for name, p in peft_model.named_parameters():
+        if "lora_" in name:
+            module = name.removeprefix("base_model.model.").split(".lora_")[0]
+            p.data.copy_(start[f"{module}.{'A' if 'lora_A' in name else 'B'}"])
+    params = [p for n, p in peft_model.named_parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=spec.weight_decay, eps=1e-8)
+    streams = {s.name: DataStream(load_dataset(s.train_data, tok, 32, n=32), 2, seed=5) for s in fleet.specs.values()}
+    n = fleet.n_slots
+    for step in range(1, 4):
+        batches = {name: stream.next_batch() for name, stream in streams.items()}
+        mixed = collate([(fleet.slot_of[k], b) for k, b in batches.items()], tok.pad_token_id)
+        fleet.losses(mixed)[0].backward()
+        norm = fleet.optimizer.grad_sq_norms().sqrt()
+        scale = torch.clamp(torch.tensor(spec.grad_clip) / (norm + 1e-6), max=1.0)
+        ones = torch.ones(n, dtype=torch.float64)
+        fleet.optimizer.step(ones * spec.learning_rate, ones * 0.1, ones * 0.9, ones * 0.999, ones * 1e-8,
+                             ones * step, scale, ones)  # fmt: skip
+        fleet.optimizer.zero_grad()
+        single = collate([(0, batches[spec.name])], tok.pad_token_id)
+        logits = peft_model(input_ids=single.input_ids).logits
+        labels = single.labels[:, 1:]
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels.flatten(), ignore_index=-100)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
+        opt.step()
+        opt.zero_grad()
+    got = fleet.adapter_tensors(spec.name)
+    for name, p in peft_model.named_parameters():
+        if "lora_" in name:
+            module = name.removeprefix("base_model.model.").split(".lora_")[0]
+            torch.testing.assert_close(got[f"{module}.{'A' if 'lora_A' in name else 'B'}"], p.detach(),
+                                       rtol=1e-9, atol=1e-11)  # fmt: skip
+
+
+def test_slot_adamw_leaves_inactive_slots_untouched():
+    fleet = _fleet(SPECS[:2])
+    layer = next(iter(fleet.layers.values()))
+    before = layer.lora_A.detach().clone()
+    for p in (layer.lora_A, layer.lora_B):
+        p.grad = torch.ones_like(p)
+    ones = torch.ones(2, dtype=torch.float64)
+    SlotAdamW([layer]).step(ones, ones * 0.1, ones * 0.9, ones * 0.999, ones * 1e-8, ones, ones,
+                            torch.tensor([1.0, 0.0], dtype=torch.float64))  # fmt: skip
+    assert torch.equal(layer.lora_A[1], before[1])
+    assert not torch.equal(layer.lora_A[0], before[0])
+
+
+def _final_weights(result, name):
+    return load_file(f"{result.output_dir}/adapters/{name}/final/adapter_model.safetensors")
+
+
+@pytest.mark.slow
+def test_adapter_joining_leaving_or_turning_nan_changes_nothing_in_the_others(kit, recorder):
+    keep = [kit.adapter("a", "reverse", max_steps=6, rank=4), kit.adapter("b", "sort", max_steps=6, rank=8,
+                                                                           batch_size=3)]  # fmt: skip
+    plain = run_fleet(FleetSpec.model_validate(kit.fleet(*keep, dtype="float64")))
+    nan = kit.adapter("c", "add", max_steps=6, learning_rate=1e200, grad_clip=None)  # overflows to inf by step 2
+    leaver = kit.adapter("d", "swapcase", max_steps=6)
+    joiner = AdapterSpec.model_validate(kit.adapter("e", "add", max_steps=3, rank=2))
+
+    class Changes:
+        def on_step(self, record):
+            if record.step == 2:
+                submit_adapter(record.run_id, joiner)
+                stop_adapter(record.run_id, "d")
+
+        def __getattr__(self, hook):
+            return lambda record: None
+
+    busy = run_fleet(FleetSpec.model_validate(kit.fleet(*keep, nan, leaver, dtype="float64")),
+                     callbacks=[recorder, Changes()])  # fmt: skip
+    for name in ("a", "b"):
+        want, got = _final_weights(plain, name), _final_weights(busy, name)
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=1e-10, atol=1e-12)
+    changes = {(c.adapter, c.kind): c for c in recorder.of("change")}
+    assert ("e", "join") in changes and ("d", "leave") in changes and ("e", "finish") in changes
+    quarantine = changes[("c", "quarantine")]
+    assert not math.isfinite(quarantine.value) and "step 2" in quarantine.reason
+    assert busy.adapters["c"].status == "quarantined" and busy.adapters["d"].status == "stopped"
+    assert busy.adapters["a"].step == 6 and busy.adapters["e"].step == 3
+    steps = recorder.of("step")
+    assert [s.step for s in steps] == list(range(1, 7))
+    assert {a.adapter for a in steps[3].adapters} == {"a", "b", "e"}  # fleet step 4: d left, c frozen, e joined
