@@ -69,20 +69,19 @@ class Seeder:
         return target
 
     def run(self, run_id: str, adapters: dict[str, float], family: str = "support-bot", status: str = "finished"):
-        runs.upsert_run(
-            self.store,
-            runs.RunRow(run_id, name=run_id, status="finished", base_model="tiny", base_model_sha256="b" * 64,
-                        code_revision="abc123"),
-        )  # fmt: skip
-        rows = []
-        for name, quality in adapters.items():
-            path = self.adapter(self.root / run_id / name)
-            rows.append(
-                runs.AdapterRow(run_id, name, family=family, status=status, config={"rank": 2, "lr": 1e-3},
-                                dataset_sha256="d" * 64, step=10, artifact_path=str(path))
-            )  # fmt: skip
-            write_evals(self.store, eval_rows(run_id, name, quality))
-        runs.upsert_adapters(self.store, rows)
+        paths = {name: self.adapter(self.root / run_id / name) for name in adapters}
+        run = runs.RunRow(run_id, name=run_id, status="finished", base_model="tiny", base_model_sha256="b" * 64,
+                          code_revision="abc123")  # fmt: skip
+        rows = [
+            runs.AdapterRow(run_id, name, family=family, status=status, config={"rank": 2, "lr": 1e-3},
+                            dataset_sha256="d" * 64, step=10, artifact_path=str(path))
+            for name, path in paths.items()
+        ]  # fmt: skip
+        with self.store.session():  # one unit of work: opening the embedded engine costs tens of ms
+            runs.upsert_run(self.store, run)
+            runs.upsert_adapters(self.store, rows)
+            for name, quality in adapters.items():
+                write_evals(self.store, eval_rows(run_id, name, quality))
 
 
 @pytest.fixture(scope="session")
