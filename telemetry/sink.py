@@ -4,6 +4,8 @@ token derived from the batch's, so replaying a batch that was partly or wholly w
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 from clickhouse_connect.driver.exceptions import ClickHouseError
@@ -29,10 +31,16 @@ class StoreSink:
         self._schema_ready = False
 
     def export(self, batch: Batch) -> None:
+        with self.session():
+            self._ensure_schema()
+            self._write(batch)
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """One store session (for the embedded store: one lock hold) for any number of exports."""
         try:
             with self.store.session():
-                self._ensure_schema()
-                self._write(batch)
+                yield
         except StoreUnavailable:
             raise
         except (ClickHouseError, OSError, ConnectionError) as exc:

@@ -129,6 +129,12 @@ def _rows_hint(path: Path) -> int:
         return 0
 
 
+def has_orphans(exclude: Path | None = None) -> bool:
+    """Whether any other spool directory holds batches (cheap: no locks, no reads)."""
+    root = spool_root()
+    return root.exists() and any(p.parent != exclude for p in root.glob("*/*" + SUFFIX))
+
+
 def orphans(exclude: Path | None = None) -> Iterator[Spool]:
     """Spool directories no live writer holds, each claimed for the caller (close() when done)."""
     root = spool_root()

@@ -1,7 +1,9 @@
 """The one batched writer: a bounded queue the training thread appends to, drained by a worker.
 
 `emit` costs one deque append. The worker wakes when a batch is ready or every
-`flush_interval_s`, encodes what is queued (batch.encode) and hands it to the sink. When the
+`flush_interval_s`, encodes what is queued (batch.encode) and hands it to the sink. A timed
+flush waits longer when writes are costly (an embedded store session costs tens of ms of CPU),
+so the writer's share of the machine stays under `max_duty`. When the
 sink cannot take it (StoreUnavailable), the batch goes to the spool on disk and every later
 batch queues up behind it there, so replay keeps order; the worker retries the store every
 `retry_s` and replays the spool oldest first. Where OpenTelemetry's processor drops on a full
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 
 from lorafleet.errors import StoreUnavailable
 from lorafleet.telemetry.batch import Batch, encode
-from lorafleet.telemetry.spool import Spool, orphans
+from lorafleet.telemetry.spool import Spool, has_orphans, orphans
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +60,12 @@ class BatchWriter:
         retry_s: float = 1.0,
         spill_chunk: int = 20_000,
         replay_orphans: bool = True,
+        max_duty: float = 0.05,
     ):
-        if max_queue < 1 or batch_size < 1 or flush_interval_s <= 0 or spill_chunk < 1:
-            raise ValueError("BatchWriter: max_queue, batch_size, spill_chunk >= 1 and flush_interval_s > 0")
+        if max_queue < 1 or batch_size < 1 or flush_interval_s <= 0 or spill_chunk < 1 or not 0 < max_duty <= 1:
+            raise ValueError(
+                "BatchWriter: max_queue, batch_size, spill_chunk >= 1, flush_interval_s > 0, 0 < max_duty <= 1"
+            )
         self.sink = sink
         self.spool = spool
         self.stats = WriterStats()
@@ -68,6 +73,9 @@ class BatchWriter:
         self._batch_size = batch_size
         self._interval = flush_interval_s
         self._retry_s = retry_s
+        self._max_duty = max_duty
+        self._next_flush = 0.0
+        self._export_s = 0.0  # time spent exporting in the current cycle
         self._spill_chunk = spill_chunk
         self._queue: deque = deque()
         self._wake = threading.Event()
@@ -125,14 +133,18 @@ class BatchWriter:
     # -- the worker ---------------------------------------------------------------------------------
     def _run(self) -> None:
         while True:
-            self._wake.wait(self._wait_time())
+            woken = self._wake.wait(self._wait_time())  # by a full batch, a flush or shutdown
             self._wake.clear()
             stopping = self._stop.is_set()
+            if not (woken or stopping or time.monotonic() >= self._due()):
+                continue
+            self._export_s = 0.0
             try:
                 self._cycle()
             except Exception:  # never let the worker die: log, back off, keep the data queued
                 log.exception("telemetry writer: unexpected error")
                 self._retry_at = time.monotonic() + self._retry_s
+            self._next_flush = time.monotonic() + max(self._interval, self._export_s / self._max_duty)
             if stopping and not self._queue:
                 # After a shutdown that timed out, this thread may have spooled once more: let go of the
                 # spool directory so a later process can replay it.
@@ -140,12 +152,33 @@ class BatchWriter:
                 self.spool.close()
                 return
 
+    def _due(self) -> float:
+        """When the next timed cycle is due: the next flush, or sooner a retry of the spooled backlog."""
+        if self._retry_at and self.spool:
+            return min(self._next_flush, self._retry_at)
+        return self._next_flush
+
     def _wait_time(self) -> float:
-        if self.spool and self._retry_at:
-            return max(0.01, min(self._interval, self._retry_at - time.monotonic()))
-        return self._interval
+        return max(0.01, self._due() - time.monotonic())
 
     def _cycle(self) -> None:
+        if not self._has_work():
+            return
+        try:
+            with self.sink.session():  # one session for the whole cycle: opening one costs tens of ms
+                self._work()
+        except StoreUnavailable as exc:
+            self._store_failed(exc)
+            self._work()  # the store is marked down: what is queued goes to the spool
+
+    def _has_work(self) -> bool:
+        if self._queue or self._overflow:
+            return True
+        if self.spool and time.monotonic() >= self._retry_at:
+            return True
+        return self._orphans_pending and has_orphans(self.spool.directory)
+
+    def _work(self) -> None:
         self._replay()
         if self._orphans_pending and not self._store_down():
             self._replay_orphans()
@@ -181,7 +214,7 @@ class BatchWriter:
             self._to_spool(batch)  # behind what is already spooled, to keep order
             return
         try:
-            self.sink.export(batch)
+            self._export(batch)
         except StoreUnavailable as exc:
             self._store_failed(exc)
             self._to_spool(batch)
@@ -193,6 +226,13 @@ class BatchWriter:
             return
         self.stats.written_rows += batch.rows
         self.stats.batches += 1
+
+    def _export(self, batch: Batch) -> None:
+        start = time.monotonic()
+        try:
+            self.sink.export(batch)
+        finally:
+            self._export_s += time.monotonic() - start
 
     def _store_down(self) -> bool:
         return bool(self.spool) or time.monotonic() < self._retry_at
@@ -215,7 +255,7 @@ class BatchWriter:
         while (entry := spool.take()) is not None:
             path, batch = entry
             try:
-                self.sink.export(batch)
+                self._export(batch)
             except StoreUnavailable as exc:
                 self._store_failed(exc)
                 return False
