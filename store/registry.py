@@ -268,8 +268,10 @@ def _summary_row(row: dict) -> dict:
 
 
 def _claim_version(store: Store, fields: dict) -> Version:
+    number = 0
     for _ in range(MAX_VERSION_CLAIMS):
-        number = _max_version(store, fields["family"]) + 1
+        # Past the last number tried too: a slot whose row was deleted stays claimed, and numbers are never reused.
+        number = max(number, _max_version(store, fields["family"])) + 1
         claim_id = uuid.uuid4()
         version = Version(version=number, created_at=datetime.now(UTC), **fields)
         store.insert(
@@ -530,9 +532,23 @@ def plan_promote(
     )  # fmt: skip
 
 
-def promote(store: Store, family: str, version: int, alias: str, **options) -> AliasEvent:
-    """Gate `version` against the alias's head and move the alias; see plan_promote for options."""
-    return apply_move(store, plan_promote(store, family, version, alias, **options))
+def promote(
+    store: Store,
+    family: str,
+    version: int,
+    alias: str,
+    *,
+    reason: str = "",
+    force: bool = False,
+    actor: str | None = None,
+    tolerance: float = 0.0,
+    gating: Sequence[str] | None = None,
+) -> AliasEvent:
+    """Gate `version` against the alias's head and move the alias (plan_promote, then apply_move)."""
+    plan = plan_promote(
+        store, family, version, alias, reason=reason, force=force, actor=actor, tolerance=tolerance, gating=gating
+    )
+    return apply_move(store, plan)
 
 
 def plan_rollback(

@@ -77,3 +77,24 @@ def test_unknown_family_and_version_are_not_found_by_name(store, seeder):
     with pytest.raises(BadInput, match="invalid version"):
         reg.parse_version("v2x")
     assert reg.parse_version("v3") == reg.parse_version("3") == 3
+
+
+def test_actor_is_the_given_name_or_the_os_user_plus_the_clickhouse_user_on_a_server(store):
+    import getpass
+
+    from lorafleet.store import Store, parse_store_url
+
+    assert reg.actor_name(store) == getpass.getuser()
+    assert reg.actor_name(store, "  alice ") == "alice"
+    server = Store(parse_store_url("http://ops:secret@127.0.0.1:9/db"))  # never connects: naming only
+    assert reg.actor_name(server, "alice") == "alice (clickhouse user ops)"
+
+
+def test_a_claimed_version_number_is_never_reused_even_if_its_row_is_deleted(store, seeder):
+    seeder.run("run-1", {"first": 0.8, "second": 0.7, "third": 0.6})
+    reg.register_version(store, "run-1", "first")
+    reg.register_version(store, "run-1", "second")
+    store.command("ALTER TABLE registry_versions DELETE WHERE version = 2", settings={"mutations_sync": 2})
+    assert [v.version for v in reg.list_versions(store, "support-bot")] == [1]
+    # Slot 2's token is still remembered: the claim is dropped, re-read, and the next number taken.
+    assert reg.register_version(store, "run-1", "third").version == 3
