@@ -23,19 +23,10 @@ from collections import deque
 from dataclasses import dataclass
 
 from lorafleet.errors import StoreUnavailable
-from lorafleet.telemetry.batch import Batch, encode
+from lorafleet.telemetry.batch import Batch, FlushMarker, encode
 from lorafleet.telemetry.spool import Spool, has_orphans, orphans
 
 log = logging.getLogger(__name__)
-
-
-class _FlushMarker:
-    """Queued by flush(): set once everything queued before it has been written or spooled."""
-
-    __slots__ = ("done",)
-
-    def __init__(self):
-        self.done = threading.Event()
 
 
 @dataclass
@@ -110,7 +101,7 @@ class BatchWriter:
         """Wait until everything emitted so far is written or spooled; False on timeout."""
         if self._closed or not self._thread.is_alive():
             return False
-        marker = _FlushMarker()
+        marker = FlushMarker()
         self._queue.append(marker)
         self._wake.set()
         return marker.done.wait(timeout_s)
@@ -169,7 +160,7 @@ class BatchWriter:
                 self._work()
         except StoreUnavailable as exc:
             self._store_failed(exc)
-            self._work()  # the store is marked down: what is queued goes to the spool
+            self._work(replay=False)  # the store is marked down: what is queued goes to the spool
 
     def _has_work(self) -> bool:
         if self._queue or self._overflow:
@@ -178,31 +169,28 @@ class BatchWriter:
             return True
         return self._orphans_pending and has_orphans(self.spool.directory)
 
-    def _work(self) -> None:
-        self._replay()
-        if self._orphans_pending and not self._store_down():
+    def _work(self, replay: bool = True) -> None:
+        if replay:
+            self._replay()
+        if replay and self._orphans_pending and not self._store_down():
             self._replay_orphans()
         while self._queue:
-            token, items, markers = self._take()
-            if items:
-                self._in_flight = (token, items)
-                self._deliver(encode(items, token))
-                self._in_flight = None
-            for marker in markers:
+            token, items = self._take()
+            self._in_flight = (token, items)
+            batch = encode(items, token)
+            if batch.rows:
+                self._deliver(batch)
+            self._in_flight = None
+            if batch.markers:
                 self._spill_overflow()  # a flush also covers items that overflowed to memory
-                marker.done.set()
+                for marker in batch.markers:
+                    marker.done.set()
         self._spill_overflow()
 
-    def _take(self) -> tuple[str, list, list]:
-        items, markers = [], []
+    def _take(self) -> tuple[str, list]:
         pop = self._queue.popleft
-        for _ in range(min(len(self._queue), self._batch_size)):
-            item = pop()
-            if type(item) is _FlushMarker:
-                markers.append(item)
-                break  # deliver what came before the marker, then release its waiter
-            items.append(item)
-        return self._next_token(), items, markers
+        items = [pop() for _ in range(min(len(self._queue), self._batch_size))]
+        return self._next_token(), items
 
     def _next_token(self) -> str:
         with self._seq_lock:
@@ -250,7 +238,7 @@ class BatchWriter:
     def _replay(self, spool: Spool | None = None) -> bool:
         """Write spooled batches oldest first; stop at the first failure. True when it emptied."""
         spool = spool or self.spool
-        if time.monotonic() < self._retry_at:
+        if time.monotonic() < self._retry_at and not self._stop.is_set():  # at shutdown: one last try
             return False
         while (entry := spool.take()) is not None:
             path, batch = entry
@@ -302,7 +290,7 @@ class BatchWriter:
                 item = self._queue.popleft()
             except IndexError:
                 break
-            if type(item) is _FlushMarker:
+            if type(item) is FlushMarker:
                 item.done.set()
             else:
                 items.append(item)
