@@ -32,7 +32,13 @@ def test_concurrent_promoters_one_winner_per_round_complete_audit(store, store_u
         )
         for me in (0, 1)
     ]
-    outputs = [w.communicate(timeout=240) for w in workers]
+    try:
+        outputs = [w.communicate(timeout=240) for w in workers]
+    finally:
+        for worker in workers:  # never leave a worker behind, even when one hangs
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
     assert [w.returncode for w in workers] == [0, 0], [err[-2000:] for _, err in outputs]
     results = [[json.loads(line) for line in out.splitlines()] for out, _ in outputs]
     assert [len(r) for r in results] == [ROUNDS, ROUNDS]
