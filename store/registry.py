@@ -230,9 +230,9 @@ def register_version(store: Store, run_id: str, adapter: str, *, actor: str | No
     with store.session():
         run = runs.get_run(store, run_id)
         row = runs.get_adapter(store, run_id, adapter)
-        summary = evals.eval_summary(store, run_id, adapter)
+        path = _artifact_dir(row["artifact_path"], run_id, adapter)
+        summary = evals.eval_summary(store, run_id, adapter, _eval_step_for(store, run_id, adapter, path))
     family = check_name(row["family"] or adapter, "family")
-    path = _artifact_dir(row["artifact_path"], run_id, adapter)
     files = hash_files(path)
     fields = {
         "family": family,
@@ -260,6 +260,21 @@ def register_run(store: Store, run_id: str, *, actor: str | None = None) -> list
     runs.get_run(store, run_id)
     adapters = runs.list_adapters(store, [run_id])
     return [register_version(store, run_id, a["adapter"], actor=actor) for a in adapters if a["status"] in REGISTERABLE]
+
+
+def _eval_step_for(store: Store, run_id: str, adapter: str, artifact: Path) -> int | None:
+    """The eval that scored these weights: the latest at or before the checkpoint's step, which the
+    trainer writes into the checkpoint's lorafleet.json (None, i.e. the latest eval, for other PEFT dirs)."""
+    try:
+        step = int(json.loads((artifact / "lorafleet.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    rows = store.query(
+        "SELECT max(step), count() FROM evals "
+        "WHERE run_id = {run:String} AND adapter = {adapter:String} AND step <= {step:UInt64}",
+        {"run": run_id, "adapter": adapter, "step": step},
+    ).result_rows
+    return int(rows[0][0]) if rows and rows[0][1] else None
 
 
 def _summary_row(row: dict) -> dict:

@@ -68,6 +68,9 @@ class Seeder:
         shutil.copytree(built, target)
         return target
 
+    def evals(self, run_id: str, adapter: str, quality: float, step: int) -> None:
+        write_evals(self.store, eval_rows(run_id, adapter, quality, step))
+
     def run(self, run_id: str, adapters: dict[str, float], family: str = "support-bot", status: str = "finished"):
         paths = {name: self.adapter(self.root / run_id / name) for name in adapters}
         run = runs.RunRow(run_id, name=run_id, status="finished", base_model="tiny", base_model_sha256="b" * 64,

@@ -98,3 +98,14 @@ def test_a_claimed_version_number_is_never_reused_even_if_its_row_is_deleted(sto
     assert [v.version for v in reg.list_versions(store, "support-bot")] == [1]
     # Slot 2's token is still remembered: the claim is dropped, re-read, and the next number taken.
     assert reg.register_version(store, "run-1", "third").version == 3
+
+
+def test_the_version_carries_the_evals_of_its_checkpoint_step(store, seeder):
+    seeder.run("run-1", {"mid": 0.8, "plain": 0.8})
+    for name in ("mid", "plain"):  # a later eval, after the checkpoint was taken
+        seeder.evals("run-1", name, 0.2, step=20)
+    (seeder.root / "run-1" / "mid" / "lorafleet.json").write_text('{"step": 15, "run_id": "run-1"}')
+
+    mid, plain = reg.register_run(store, "run-1")
+    assert mid.eval_step == 10 and {s["mean"] for s in mid.eval_summary if s["metric"] == "exact_match"} == {0.8}
+    assert plain.eval_step == 20, "without the trainer's metadata: the latest eval"
