@@ -41,9 +41,9 @@ def run_fleet(
     """Train every adapter of `spec` together on one frozen base; see RunResult for what comes back."""
     if spec.threads:
         torch.set_num_threads(spec.threads)
-    if not resume:
-        torch.manual_seed(spec.seed)
     run = FleetRun.open(spec, run_id, resume, callbacks)
+    if not resume:
+        torch.manual_seed(spec.seed)  # after loading: creating the tiny base on first use draws from the RNG
     run.emit("on_run_start", run.run_record())
     try:
         if not resume:

@@ -14,7 +14,7 @@ import torch
 from lorafleet.trainer.config import BUILTIN_TASKS
 from lorafleet.trainer.data import _task_pair
 
-PRETRAIN_STEPS = 300
+PRETRAIN_STEPS = 100
 PRETRAIN_BATCH = 32
 
 

@@ -1,0 +1,37 @@
+"""Run (or resume) a fleet in its own process, appending every step record to a JSONL log.
+
+usage: resume_worker.py SPEC.json RUN_ID LOG.jsonl [--resume] [--kill-at STEP]
+With --kill-at, the process SIGKILLs itself while handling that step's record, like a crash.
+"""
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from lorafleet.trainer import TrainerCallback, run_fleet
+from lorafleet.trainer.config import spec_from_dict
+
+
+class StepLog(TrainerCallback):
+    def __init__(self, path, kill_at):
+        self.path, self.kill_at = path, kill_at
+
+    def on_step(self, record):
+        with open(self.path, "a") as fh:
+            for a in record.adapters:
+                fh.write(json.dumps({"step": record.step, "adapter": a.adapter, "adapter_step": a.step,
+                                     "loss": a.loss, "grad_norm": a.grad_norm}) + "\n")  # fmt: skip
+        if record.step == self.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def main(argv):
+    spec = spec_from_dict(json.loads(Path(argv[0]).read_text()))
+    kill_at = int(argv[argv.index("--kill-at") + 1]) if "--kill-at" in argv else -1
+    run_fleet(spec, callbacks=[StepLog(argv[2], kill_at)], run_id=argv[1], resume="--resume" in argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
