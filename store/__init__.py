@@ -4,7 +4,7 @@
 `http(s)://user:pw@host:port/db`; the modules below are named query functions over it.
 """
 
-from lorafleet.store import evals, metrics, runs, traces
+from lorafleet.store import evals, metrics, registry, runs, traces
 from lorafleet.store.engine import Store, check_identifier, open_store
 from lorafleet.store.migrations import MIGRATIONS, migrate, render
 from lorafleet.store.url import StoreURL, lorafleet_home, parse_store_url
@@ -20,6 +20,7 @@ __all__ = [
     "migrate",
     "open_store",
     "parse_store_url",
+    "registry",
     "render",
     "runs",
     "traces",
