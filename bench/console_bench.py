@@ -10,10 +10,21 @@ Prints a table, then one JSON line: {"fleet_page_s": ..., "compare_page_s": ...,
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
 
 from lorafleet.store import evals, metrics, open_store, runs, traces
 
@@ -146,15 +157,164 @@ def _span(start, trace, sid, parent, name, res, attrs, dur):
             attrs, dur, "Ok", "", [], [], [], [], [], [], []]  # fmt: skip
 
 
+# -- page query timings ----------------------------------------------------------------------
+
+
+def time_queries(url: str, info: dict, repeats: int = 3) -> dict[str, float]:
+    """Median seconds of each page's reads, through the console's own data functions (uncached)."""
+    os.environ["LORAFLEET_STORE"] = url
+    from lorafleet.ui.console import data
+
+    run, keys = info["run_id"], tuple((info["run_id"], a) for a in info["adapters"][:4])
+    raw = {name: getattr(data, name).__wrapped__ for name in dir(data) if hasattr(getattr(data, name), "__wrapped__")}
+
+    def fleet():
+        table = raw["fleet_table"]((run,))
+        raw["sparklines"](data.keys_of(table.iloc[:50]), "loss")
+
+    def compare():
+        names = raw["metric_names"]((run,))
+        raw["curves"](keys[:2], tuple(m for m in names if m in data.CURVE_METRICS or m.startswith("eval/")))
+        raw["adapter_configs"](keys[:2])
+        steps = [raw["latest_eval_step"](*k) for k in keys[:2]]
+        raw["paired_examples"]((*keys[0], steps[0]), (*keys[1], steps[1]))
+
+    pages = {
+        "fleet": fleet,
+        "compare": compare,
+        "regressions (health)": lambda: raw["health_stats"](run),
+        "traces": lambda: (raw["step_phases"](run, 30), raw["step_phases"](run, 10, True)),
+    }
+    out = {}
+    for name, read in pages.items():
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            with data.page_session():
+                raw["list_runs"]()
+                read()
+            times.append(time.perf_counter() - t)
+        out[name] = sorted(times)[len(times) // 2]
+    return out
+
+
+# -- browser loads --------------------------------------------------------------------------
+
+
+def time_browser(url: str, home: Path, loads: int = 3) -> dict[str, float]:
+    """Median wall time from navigation until the fleet grid / compare plotly traces are drawn
+    (plus the first, cold-browser load of each)."""
+    from playwright.sync_api import sync_playwright
+
+    from lorafleet.ui.cli.console_cmd import streamlit_command
+
+    port = _free_port()
+    env = os.environ | {"LORAFLEET_STORE": url, "LORAFLEET_HOME": str(home)}
+    env.pop("LORAFLEET_CONSOLE_TOKEN", None)
+    log = open(home / "streamlit.log", "w")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(streamlit_command(port), env=env, stdout=log, stderr=subprocess.STDOUT)
+    waits = {
+        "fleet": lambda page: page.locator('[data-testid="stDataFrame"] td[role="gridcell"]').first.wait_for(
+            state="attached", timeout=60_000
+        ),
+        "compare": lambda page: page.locator(".main-svg .scatterlayer .trace").first.wait_for(timeout=60_000),
+    }
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}")
+        samples: dict[str, list[float]] = {}
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=BROWSER_ARGS)
+            # One browser profile, as a returning user has: static assets cached, but every load is
+            # a new Streamlit session whose script runs in full; the first round (cold) is not counted.
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            for i in range(loads + 1):
+                for name, drawn in waits.items():
+                    page = context.new_page()
+                    t = time.perf_counter()
+                    page.goto(f"http://127.0.0.1:{port}/{name}")
+                    drawn(page)
+                    samples.setdefault(name if i else f"{name} (cold browser)", []).append(time.perf_counter() - t)
+                    page.close()
+                time.sleep(CACHE_TTL_S + 1)  # let the console's caches expire: every load queries the store
+            browser.close()
+        return {name: sorted(v)[len(v) // 2] for name, v in samples.items()}
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
+        log.close()
+
+
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync"]  # fmt: skip
+CACHE_TTL_S = 10
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_healthy(base: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base}/_stcore/health", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("streamlit did not come up")
+
+
 def main() -> None:  # pragma: no cover - exercised by running the bench
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapters", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=10_000)
-    parser.add_argument("--keep", help="reuse/keep the store in this directory")
+    parser.add_argument("--keep", help="keep the filled store in this directory (reused if it exists)")
     args = parser.parse_args()
-    from bench_console_pages import run_bench  # noqa: F401  # placeholder until the page timings land
-
-    raise SystemExit(run_bench(args))
+    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="console-bench-"))
+    home = root / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["LORAFLEET_HOME"] = str(home)
+    url = f"chdb://{root / 'clickhouse'}"
+    info_path = root / "info.json"
+    try:
+        t = time.perf_counter()
+        if info_path.exists():
+            info = json.loads(info_path.read_text())
+        else:
+            info = fill_store(url, args.adapters, args.steps)
+            info_path.write_text(json.dumps(info))
+        fill_s = time.perf_counter() - t
+        queries = time_queries(url, info)
+        browser = time_browser(url, home)
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    rows = args.adapters * args.steps * len(METRICS)
+    table = Table(title=f"console over {args.adapters} adapters x {args.steps} steps ({rows:,} metric rows)")
+    for column in ("what", "seconds"):
+        table.add_column(column)
+    table.add_row("fill (write_columns, big batches)", f"{fill_s:.1f}")
+    for name, seconds in queries.items():
+        table.add_row(f"queries: {name} page", f"{seconds:.3f}")
+    for name, seconds in browser.items():
+        table.add_row(f"browser: {name} page until charts drawn", f"{seconds:.2f}")
+    Console().print(table)
+    result = {
+        "fleet_page_s": round(browser["fleet"], 3),
+        "compare_page_s": round(browser["compare"], 3),
+        "fleet_page_cold_s": round(browser["fleet (cold browser)"], 3),
+        "compare_page_cold_s": round(browser["compare (cold browser)"], 3),
+        "fleet_queries_s": round(queries["fleet"], 4),
+        "compare_queries_s": round(queries["compare"], 4),
+        "regressions_queries_s": round(queries["regressions (health)"], 4),
+        "traces_queries_s": round(queries["traces"], 4),
+        "adapters": args.adapters,
+        "steps": args.steps,
+        "metric_rows": rows,
+    }
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

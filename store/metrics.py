@@ -226,32 +226,25 @@ def curves(store: Store, keys: Sequence[tuple[str, str]], metrics: Sequence[str]
     )
 
 
-def health_stats(store: Store, run_ids: Sequence[str], spike_factor: float = 10.0) -> list[dict]:
-    """Per adapter of the given runs: loss first/min/last, non-finite losses, grad-norm median,
-    max and spikes (> spike_factor x median), and mean tokens/s; the inputs of the health flags."""
+def health_stats(store: Store, run_ids: Sequence[str]) -> list[dict]:
+    """Per adapter of the given runs, in one scan: loss first/min/last, non-finite losses,
+    grad-norm median and max, and mean tokens/s; the inputs of the console's health flags."""
     return store.query_rows(
         """
-        WITH gmed AS (
-            SELECT run_id, adapter, quantileExact(0.5)(value) AS med FROM metrics
-            WHERE run_id IN {runs:Array(String)} AND metric = 'grad_norm' AND isFinite(value)
-            GROUP BY run_id, adapter
-        )
-        SELECT m.run_id AS run_id, m.adapter AS adapter,
-               argMinIf(m.value, m.step, m.metric = 'loss' AND isFinite(m.value)) AS loss_first,
-               minIf(m.value, m.metric = 'loss' AND isFinite(m.value)) AS loss_min,
-               argMaxIf(m.value, m.step, m.metric = 'loss') AS loss_last,
-               countIf(m.metric = 'loss' AND NOT isFinite(m.value)) AS loss_nonfinite,
-               any(g.med) AS grad_median,
-               maxIf(m.value, m.metric = 'grad_norm' AND isFinite(m.value)) AS grad_max,
-               countIf(m.metric = 'grad_norm' AND m.value > {factor:Float64} * g.med AND g.med > 0) AS grad_spikes,
-               avgIf(m.value, m.metric = 'tokens_per_s' AND isFinite(m.value)) AS tokens_per_s
-        FROM metrics AS m
-        LEFT JOIN gmed AS g ON m.run_id = g.run_id AND m.adapter = g.adapter
-        WHERE m.run_id IN {runs:Array(String)} AND m.metric IN ('loss', 'grad_norm', 'tokens_per_s')
+        SELECT run_id, adapter,
+               argMinIf(value, step, metric = 'loss' AND isFinite(value)) AS loss_first,
+               minIf(value, metric = 'loss' AND isFinite(value)) AS loss_min,
+               argMaxIf(value, step, metric = 'loss') AS loss_last,
+               countIf(metric = 'loss' AND NOT isFinite(value)) AS loss_nonfinite,
+               quantileIf(0.5)(value, metric = 'grad_norm' AND isFinite(value)) AS grad_median,
+               maxIf(value, metric = 'grad_norm' AND isFinite(value)) AS grad_max,
+               avgIf(value, metric = 'tokens_per_s' AND isFinite(value)) AS tokens_per_s
+        FROM metrics
+        WHERE run_id IN {runs:Array(String)} AND metric IN ('loss', 'grad_norm', 'tokens_per_s')
         GROUP BY run_id, adapter
         ORDER BY run_id, adapter
         """,
-        {"runs": list(run_ids), "factor": float(spike_factor)},
+        {"runs": list(run_ids)},
     )
 
 

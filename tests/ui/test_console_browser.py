@@ -4,6 +4,8 @@ promote/rollback from the console reach the store through the registry."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from lorafleet.store import open_store, registry
@@ -62,11 +64,10 @@ def grid_texts(page, grid) -> set[str]:
 
 def test_compare_draws_overlaid_curves(page, console):
     open_page(page, console, "compare")
-    charts = page.locator('[data-testid="stPlotlyChart"]')
-    charts.first.wait_for(timeout=30_000)
-    assert charts.count() >= 3  # loss, grad_norm, learning_rate (+ eval metrics)
-    page.locator(".main-svg .scatterlayer .trace").first.wait_for(timeout=30_000)
-    assert page.locator(".main-svg").count() >= 3
+    page.locator('[data-testid="stPlotlyChart"] .main-svg .scatterlayer .trace').first.wait_for(timeout=30_000)
+    titles = set(page.locator('[data-testid="stPlotlyChart"] .annotation-text').all_text_contents())
+    assert {"loss", "grad_norm", "learning_rate"} <= titles  # one subplot per metric (+ eval metrics)
+    assert page.locator(".main-svg .scatterlayer .trace").count() >= 2 * 2 * 3  # 2 adapters x (band + line) x 3
     assert page.get_by_text("Config diff").count() == 1
     assert_no_exception(page)
 
@@ -107,7 +108,7 @@ def test_operator_promote_and_rollback_reach_store_and_audit(page, operator_cons
     page.get_by_role("button", name="Confirm promote").click()
     settle(page)
     assert registry.aliases(store, "alpha")["production"] == target
-    assert "ui test: promote" in grid_texts(page, page.locator('[data-testid="stDataFrame"]').last)
+    assert_cell_appears(page, "ui test: promote")
     page.screenshot(path=str(artifacts / "console-registry-promoted.png"), full_page=True)
 
     page.get_by_label("Reason (recorded in the audit trail)").last.fill("ui test: rollback")
@@ -118,8 +119,19 @@ def test_operator_promote_and_rollback_reach_store_and_audit(page, operator_cons
     assert registry.aliases(store, "alpha")["production"] == before
     last = registry.history(store, "alpha", "production")[-1]
     assert (last.action, last.actor, last.reason) == ("rollback", "console:tester", "ui test: rollback")
-    assert "ui test: rollback" in grid_texts(page, page.locator('[data-testid="stDataFrame"]').last)
+    assert_cell_appears(page, "ui test: rollback")
     page.screenshot(path=str(artifacts / "console-registry-rolled-back.png"), full_page=True)
+
+
+def assert_cell_appears(page, text: str, timeout_s: float = 20.0) -> None:
+    """The audit table (the page's last st.dataframe) shows `text` once the rerun after a write lands."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        cells = grid_texts(page, page.locator('[data-testid="stDataFrame"]').last)
+        if text in cells:
+            return
+        assert time.monotonic() < deadline, f"{text!r} never appeared in the audit timeline: {sorted(cells)}"
+        page.wait_for_timeout(250)
 
 
 def sign_in(page, token: str) -> None:

@@ -14,7 +14,7 @@ from lorafleet.ui.cli.console_cmd import best_version
 from lorafleet.ui.console import health
 
 HEALTHY = {"status": "finished", "loss_first": 5.0, "loss_min": 3.0, "loss_last": 3.1, "loss_nonfinite": 0,
-           "grad_spikes": 0, "tokens_per_s": 1000.0, "prev_tokens_per_s": 1050.0}  # fmt: skip
+           "grad_median": 1.0, "grad_max": 3.0, "tokens_per_s": 1000.0, "prev_tokens_per_s": 1050.0}  # fmt: skip
 
 
 def test_healthy_adapter_raises_no_flag():
@@ -25,7 +25,7 @@ def test_each_health_rule_raises_its_flag():
     assert health.flags(HEALTHY | {"loss_last": 7.0}) == ["divergence"]
     assert health.flags(HEALTHY | {"loss_last": math.nan, "loss_nonfinite": 1}) == ["divergence", "nan_quarantine"]
     assert health.flags(HEALTHY | {"status": "quarantined"}) == ["nan_quarantine"]
-    assert health.flags(HEALTHY | {"grad_spikes": 3}) == ["grad_norm_spikes"]
+    assert health.flags(HEALTHY | {"grad_max": 40.0}) == ["grad_norm_spikes"]
     assert health.flags(HEALTHY | {"tokens_per_s": 500.0}) == ["throughput_drop"]
     assert health.flags(HEALTHY | {"prev_tokens_per_s": None, "tokens_per_s": 1.0}) == []
 

@@ -9,6 +9,7 @@ import pandas as pd
 DIVERGE_OVER_START = 1.10  # ended more than 10% above its first loss
 DIVERGE_OVER_MIN = 2.0  # or more than twice its best loss
 THROUGHPUT_DROP = 0.80  # below 80% of the previous run's tokens/s for the same config
+GRAD_SPIKE_RATIO = 10.0  # a gradient norm above 10x the adapter's median
 
 FLAGS = ("divergence", "nan_quarantine", "grad_norm_spikes", "throughput_drop")
 
@@ -29,7 +30,8 @@ def flags(row: dict) -> list[str]:
         raised.append("divergence")
     if row.get("status") == "quarantined" or (row.get("loss_nonfinite") or 0) > 0:
         raised.append("nan_quarantine")
-    if (row.get("grad_spikes") or 0) > 0:
+    median, peak = row.get("grad_median"), row.get("grad_max")
+    if _finite(median) and _finite(peak) and median and peak > GRAD_SPIKE_RATIO * median:
         raised.append("grad_norm_spikes")
     now, before = row.get("tokens_per_s"), row.get("prev_tokens_per_s")
     if _finite(now) and _finite(before) and before and now < before * THROUGHPUT_DROP:

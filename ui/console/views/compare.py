@@ -3,9 +3,12 @@ SQL with spikes kept, a config diff of only the differing keys, and per-example 
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+from plotly.subplots import make_subplots
 
 from lorafleet.ui.console import data
 
@@ -67,37 +70,42 @@ def _render_curves(keys: list[tuple[str, str]], frame: pd.DataFrame, wanted: lis
         st.info("No metrics recorded for these adapters yet.")
         return
     axis = st.radio("x axis", ["step", "time"], horizontal=True, key="cmp_axis")
-    x = "step" if axis == "step" else "ts"
-    columns = st.columns(2)
-    for i, metric in enumerate(wanted):
+    present = [m for m in wanted if (frame["metric"] == m).any()]
+    st.plotly_chart(_figure(keys, frame, present, "step" if axis == "step" else "ts"), width="stretch", key="cmp_fig")
+
+
+def _figure(keys: list[tuple[str, str]], frame: pd.DataFrame, present: list[str], x: str) -> go.Figure:
+    """One figure, one subplot per metric: a single chart to draw however many metrics there are."""
+    rows = max(1, math.ceil(len(present) / 2))
+    fig = make_subplots(rows=rows, cols=2, subplot_titles=present, vertical_spacing=0.3 / rows + 0.04)
+    in_legend: set = set()
+    for i, metric in enumerate(present):
         part = frame[frame["metric"] == metric]
-        if part.empty:
-            continue
-        with columns[i % 2]:
-            st.plotly_chart(_figure(keys, part, metric, x), width="stretch", key=f"cmp_fig_{metric}")
-
-
-def _figure(keys: list[tuple[str, str]], part: pd.DataFrame, metric: str, x: str) -> go.Figure:
-    fig = go.Figure()
-    for i, key in enumerate(keys):
-        series = part[(part["run_id"] == key[0]) & (part["adapter"] == key[1])]
-        if series.empty:
-            continue
-        color = COLORS[i % len(COLORS)]
-        # The band spans each bucket's min..max so a spike inside a bucket stays visible.
-        fig.add_trace(go.Scatter(x=series[x], y=series["max"], line={"width": 0}, showlegend=False, hoverinfo="skip"))
-        fig.add_trace(
-            go.Scatter(
-                x=series[x], y=series["min"], fill="tonexty", line={"width": 0}, fillcolor=_alpha(color),
-                showlegend=False, hoverinfo="skip",
-            )
-        )  # fmt: skip
-        fig.add_trace(go.Scatter(x=series[x], y=series["last"], name=label(key), line={"color": color, "width": 1.5}))
+        for j, key in enumerate(keys):
+            series = part[(part["run_id"] == key[0]) & (part["adapter"] == key[1])]
+            if not series.empty:
+                _add_series(fig, series, x, key, COLORS[j % len(COLORS)], i // 2 + 1, i % 2 + 1, key not in in_legend)
+                in_legend.add(key)
     fig.update_layout(
-        title=metric, height=320, margin={"l": 10, "r": 10, "t": 40, "b": 10}, legend={"orientation": "h"}
-    )
-    fig.update_xaxes(title="step" if x == "step" else "time")
+        height=280 * rows + 60, margin={"l": 10, "r": 10, "t": 60, "b": 10},
+        legend={"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 0}, hovermode="x unified",
+    )  # fmt: skip
     return fig
+
+
+def _add_series(fig: go.Figure, series: pd.DataFrame, x: str, key, color: str, row: int, col: int, legend: bool):
+    xs = series[x].tolist()
+    # One closed band per curve spans each bucket's min..max, so a spike inside a bucket stays visible.
+    band = go.Scatter(
+        x=xs + xs[::-1], y=series["max"].tolist() + series["min"].tolist()[::-1], fill="toself",
+        fillcolor=_alpha(color), line={"width": 0}, hoverinfo="skip", showlegend=False, legendgroup=label(key),
+    )  # fmt: skip
+    line = go.Scatter(
+        x=xs, y=series["last"], name=label(key), legendgroup=label(key), showlegend=legend,
+        line={"color": color, "width": 1.5},
+    )  # fmt: skip
+    fig.add_trace(band, row=row, col=col)
+    fig.add_trace(line, row=row, col=col)
 
 
 def _alpha(color: str) -> str:

@@ -72,7 +72,7 @@ def _render_health_section() -> None:
 
 def _render_health_table(flagged: pd.DataFrame) -> None:
     columns = ["adapter", "family", "status", "status_reason", *health.FLAGS, "loss_first", "loss_min", "loss_last",
-               "grad_median", "grad_max", "grad_spikes", "tokens_per_s"]  # fmt: skip
+               "grad_median", "grad_max", "tokens_per_s"]  # fmt: skip
     if "prev_tokens_per_s" in flagged.columns:
         columns += ["prev_run_id", "prev_tokens_per_s"]
     view = flagged[columns].sort_values(list(health.FLAGS), ascending=False)
