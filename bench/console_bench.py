@@ -201,24 +201,46 @@ def time_queries(url: str, info: dict, repeats: int = 3) -> dict[str, float]:
 # -- browser loads --------------------------------------------------------------------------
 
 
+BASELINE_APP = """import pandas as pd
+import streamlit as st
+
+st.title("Baseline")
+st.dataframe(pd.DataFrame({"adapter": ["a", "b", "c"], "loss": [1.0, 2.0, 3.0]}))
+"""
+
+
+def _grid_drawn(page) -> None:
+    page.locator('[data-testid="stDataFrame"] td[role="gridcell"]').first.wait_for(state="attached", timeout=60_000)
+
+
 def time_browser(url: str, home: Path, loads: int = 3) -> dict[str, float]:
     """Median wall time from navigation until the fleet grid / compare plotly traces are drawn
-    (plus the first, cold-browser load of each)."""
+    (plus the first, cold-browser load of each), beside the floor: a one-table Streamlit app."""
+    from lorafleet.ui.cli.console_cmd import APP_PATH
+
+    baseline = home / "baseline_app.py"
+    baseline.write_text(BASELINE_APP)
+    waits = {
+        "fleet": _grid_drawn,
+        "compare": lambda page: page.locator(".main-svg .scatterlayer .trace").first.wait_for(timeout=60_000),
+    }
+    env = os.environ | {"LORAFLEET_STORE": url, "LORAFLEET_HOME": str(home)}
+    env.pop("LORAFLEET_CONSOLE_TOKEN", None)
+    floor = _browser_loads(baseline, {"": _grid_drawn}, env, home, loads, between_s=0.5)
+    timings = _browser_loads(APP_PATH, waits, env, home, loads, between_s=CACHE_TTL_S + 1)
+    return timings | {"one-table Streamlit app (floor)": floor[""]}
+
+
+def _browser_loads(app: Path, waits: dict, env: dict, home: Path, loads: int, between_s: float) -> dict[str, float]:
     from playwright.sync_api import sync_playwright
 
     from lorafleet.ui.cli.console_cmd import streamlit_command
 
     port = _free_port()
-    env = os.environ | {"LORAFLEET_STORE": url, "LORAFLEET_HOME": str(home)}
-    env.pop("LORAFLEET_CONSOLE_TOKEN", None)
-    log = open(home / "streamlit.log", "w")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(streamlit_command(port), env=env, stdout=log, stderr=subprocess.STDOUT)
-    waits = {
-        "fleet": lambda page: page.locator('[data-testid="stDataFrame"] td[role="gridcell"]').first.wait_for(
-            state="attached", timeout=60_000
-        ),
-        "compare": lambda page: page.locator(".main-svg .scatterlayer .trace").first.wait_for(timeout=60_000),
-    }
+    command = streamlit_command(port)
+    command[command.index("run") + 1] = str(app)
+    log = open(home / "streamlit.log", "a")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait_healthy(f"http://127.0.0.1:{port}")
         samples: dict[str, list[float]] = {}
@@ -235,7 +257,7 @@ def time_browser(url: str, home: Path, loads: int = 3) -> dict[str, float]:
                     drawn(page)
                     samples.setdefault(name if i else f"{name} (cold browser)", []).append(time.perf_counter() - t)
                     page.close()
-                time.sleep(CACHE_TTL_S + 1)  # let the console's caches expire: every load queries the store
+                time.sleep(between_s)  # the console's caches expire in between: every load queries the store
             browser.close()
         return {name: sorted(v)[len(v) // 2] for name, v in samples.items()}
     finally:
@@ -299,11 +321,12 @@ def main() -> None:  # pragma: no cover - exercised by running the bench
     for name, seconds in queries.items():
         table.add_row(f"queries: {name} page", f"{seconds:.3f}")
     for name, seconds in browser.items():
-        table.add_row(f"browser: {name} page until charts drawn", f"{seconds:.2f}")
+        table.add_row(f"browser: {name} until its chart/table is drawn", f"{seconds:.2f}")
     Console().print(table)
     result = {
         "fleet_page_s": round(browser["fleet"], 3),
         "compare_page_s": round(browser["compare"], 3),
+        "floor_page_s": round(browser["one-table Streamlit app (floor)"], 3),
         "fleet_page_cold_s": round(browser["fleet (cold browser)"], 3),
         "compare_page_cold_s": round(browser["compare (cold browser)"], 3),
         "fleet_queries_s": round(queries["fleet"], 4),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -58,6 +59,7 @@ def run_demo(
     *,
     prometheus_port: int | None = None,
     prometheus_addr: str = "127.0.0.1",
+    callbacks: Sequence = (),
 ) -> dict:
     """Train the demo fleet with telemetry, register its versions and promote each family's best."""
     from lorafleet.store import registry
@@ -67,14 +69,14 @@ def run_demo(
     spec = load_fleet_spec(spec_path)
     telemetry = Telemetry(store_url, prometheus_port=prometheus_port, prometheus_addr=prometheus_addr)
     try:
-        result = run_fleet(spec, callbacks=[telemetry])
+        result = run_fleet(spec, callbacks=[*callbacks, telemetry])
     finally:
         telemetry.shutdown()  # everything written before versions are registered from it
     run_id = result.run_id
     store = open_store(store_url)
     versions = registry.register_run(store, run_id, actor=DEMO_ACTOR)
     promoted = [_promote_best(store, registry, family, vs) for family, vs in _by_family(versions).items()]
-    return {"run_id": run_id, "versions": [v.ref for v in versions], "promoted": promoted}
+    return {"run_id": run_id, "status": result.status, "versions": [v.ref for v in versions], "promoted": promoted}
 
 
 def _by_family(versions) -> dict[str, list]:
@@ -135,9 +137,19 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train examples/demo.yaml on the store, register its versions, promote the best of each
         family to `production` through the gate, then serve the console."""
-        summary = run_demo(store, prometheus_port=prometheus_port, prometheus_addr=prometheus_addr)
+        from lorafleet.ui.cli._train_display import FleetDisplay
+
+        display = FleetDisplay(console)
+        with display:
+            summary = run_demo(
+                store, prometheus_port=prometheus_port, prometheus_addr=prometheus_addr, callbacks=[display]
+            )
         output(summary["promoted"], json, columns=["family", "alias", "version", "outcome"], title="promoted")
         if not json:
-            console.print(f"run {summary['run_id']}: registered {', '.join(summary['versions']) or 'no versions'}")
+            console.print(
+                f"run {summary['run_id']} {summary['status']}: registered {', '.join(summary['versions']) or 'none'}"
+            )
+        if summary["status"] != "finished":
+            raise typer.Exit(1)
         if not no_console:
             raise typer.Exit(serve_console(store, port))

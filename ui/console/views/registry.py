@@ -52,8 +52,15 @@ def _render_versions(versions: pd.DataFrame, aliases: dict[str, int]) -> None:
     for alias, version in aliases.items():
         held.setdefault(version, []).append(alias)
     view.insert(1, "aliases", view["version"].map(lambda v: ", ".join(sorted(held.get(int(v), [])))))
-    if "content_sha256" in view.columns:
-        view["content_sha256"] = view["content_sha256"].str[:12]
+    for column in ("content_sha256", "code_revision"):
+        if column in view.columns:
+            view[column] = view[column].astype(str).str[:12]
+    if "dataset_hashes" in versions.columns:
+        view.insert(
+            5,
+            "datasets",
+            versions["dataset_hashes"].map(lambda d: ", ".join(f"{k}:{v[:8]}" for k, v in (d or {}).items())),
+        )
     st.dataframe(view.sort_values("version", ascending=False), hide_index=True, width="stretch", key="regy_versions")
 
 
