@@ -33,6 +33,7 @@ class Filled:
     run_id: str
     adapters: list[str]
     families: list[str]
+    prometheus: str  # base URL of a real Prometheus server that scraped the run's /metrics
 
 
 def _spec(path: Path) -> Path:
@@ -63,18 +64,49 @@ def _spec(path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def filled(tmp_path_factory) -> Filled:
-    """`lorafleet demo`'s library path on a fresh embedded store: train, register, promote the best."""
+    """`lorafleet demo`'s library path on a fresh embedded store: train (with /metrics scraped by a
+    real Prometheus server), register, promote the best of each family."""
     root = tmp_path_factory.mktemp("ui-store")
     home = root / "home"
     home.mkdir()
     url = f"chdb://{root / 'clickhouse'}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LORAFLEET_HOME", str(home))
-        patch.delenv("LORAFLEET_STORE", raising=False)
-        summary = run_demo(url, _spec(root / "fleet.yaml"))
-    store = open_store(url)
-    adapters = ["alpha-lr3", "alpha-lr1", "beta-lr3", BAD]
-    return Filled(url, home, summary["run_id"], adapters, [f["family"] for f in registry.list_families(store)])
+    metrics_port = _free_port()
+    prometheus = _start_prometheus(root, metrics_port)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("LORAFLEET_HOME", str(home))
+            patch.delenv("LORAFLEET_STORE", raising=False)
+            summary = run_demo(url, _spec(root / "fleet.yaml"), prometheus_port=metrics_port)
+        store = open_store(url)
+        families = [f["family"] for f in registry.list_families(store)]
+        yield Filled(
+            url, home, summary["run_id"], ["alpha-lr3", "alpha-lr1", "beta-lr3", BAD], families, prometheus.url
+        )
+    finally:
+        _stop(prometheus)
+
+
+def _start_prometheus(root: Path, metrics_port: int) -> Server:
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("Debian's prometheus is not installed (.ci/run installs it)")
+    port = _free_port()
+    config = root / "prometheus.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s"},
+                "scrape_configs": [
+                    {"job_name": "lorafleet-trainer", "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]}
+                ],
+            }
+        )
+    )
+    log = root / "prometheus.log"
+    command = [binary, f"--config.file={config}", f"--storage.tsdb.path={root / 'tsdb'}",
+               f"--web.listen-address=127.0.0.1:{port}"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    return _wait_up(Server(f"http://127.0.0.1:{port}", process), "/-/ready", log)
 
 
 def _free_port() -> int:
@@ -84,12 +116,27 @@ def _free_port() -> int:
 
 
 @dataclass
-class Console:
+class Server:
     url: str
     process: subprocess.Popen
 
 
-def _start_console(filled: Filled, token: str | None, log: Path) -> Console:
+def _wait_up(server: Server, path: str, log: Path, timeout_s: float = 60) -> Server:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.url} exited with {server.process.returncode}: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{server.url}{path}", timeout=1) as response:
+                if response.status == 200:
+                    return server
+        except OSError:
+            time.sleep(0.2)
+    _stop(server)
+    raise RuntimeError(f"{server.url} did not come up in {timeout_s:.0f} s: {log.read_text()[-2000:]}")
+
+
+def _start_console(filled: Filled, token: str | None, log: Path) -> Server:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "LORAFLEET_CONSOLE_TOKEN"}
     env |= {"LORAFLEET_STORE": filled.url, "LORAFLEET_HOME": str(filled.home)}
@@ -99,28 +146,16 @@ def _start_console(filled: Filled, token: str | None, log: Path) -> Console:
                "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
                "--server.fileWatcherType", "none"]  # fmt: skip
     process = subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"streamlit exited with {process.returncode}: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as response:
-                if response.status == 200:
-                    return Console(url, process)
-        except OSError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"streamlit did not come up in 60 s: {log.read_text()[-2000:]}")
+    return _wait_up(Server(f"http://127.0.0.1:{port}", process), "/_stcore/health", log)
 
 
-def _stop(console: Console) -> None:
-    console.process.terminate()
+def _stop(server: Server) -> None:
+    server.process.terminate()
     try:
-        console.process.wait(timeout=10)
+        server.process.wait(timeout=10)
     except subprocess.TimeoutExpired:
-        console.process.kill()
-        console.process.wait()
+        server.process.kill()
+        server.process.wait()
 
 
 @pytest.fixture(scope="session")

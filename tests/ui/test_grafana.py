@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.parse
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -150,22 +152,22 @@ def test_curves_dashboard_has_run_and_adapter_variables_and_registry_annotations
     )
 
 
-def test_prometheus_panels_use_metrics_the_trainer_exports():
-    from prometheus_client import generate_latest
-
-    from lorafleet.telemetry import PrometheusMetrics
-
-    exported = PrometheusMetrics(0, writer=None)
-    try:
-        text = generate_latest(exported.registry).decode()
-    finally:
-        exported.shutdown()
+@pytest.mark.slow
+def test_live_prometheus_panels_return_series_from_a_real_scrape(filled):
+    """Each PromQL panel, as the range query Grafana sends, over what a real Prometheus server
+    scraped from the trainer's /metrics during the run."""
     dashboard = json.loads((GRAFANA / "dashboards" / "fleet-overview.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"] if t["datasource"]["type"] == "prometheus"]
     assert len(exprs) >= 4
+    end = datetime.now(UTC)
+    empty = []
     for expr in exprs:
-        for name in re.findall(r"lorafleet_\w+", expr):
-            base = re.sub(r"_(bucket|sum|count|total)$", "", name)
-            if base.startswith("lorafleet_writer_"):
-                continue  # exported only when a writer is attached (the Telemetry observer attaches one)
-            assert base in text, f"{expr}: {name} is not exported by lorafleet.telemetry"
+        query = urllib.parse.urlencode(
+            {"query": expr, "start": (end - timedelta(minutes=15)).timestamp(), "end": end.timestamp(), "step": "1"}
+        )
+        with urllib.request.urlopen(f"{filled.prometheus}/api/v1/query_range?{query}", timeout=30) as response:
+            body = json.loads(response.read())
+        assert body["status"] == "success", body
+        if not any(series["values"] for series in body["data"]["result"]):
+            empty.append(expr)
+    assert not empty, f"no samples for {empty}"
