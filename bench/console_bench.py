@@ -253,7 +253,7 @@ def _browser_loads(app: Path, waits: dict, env: dict, home: Path, loads: int, be
                 for name, drawn in waits.items():
                     page = context.new_page()
                     t = time.perf_counter()
-                    page.goto(f"http://127.0.0.1:{port}/{name}")
+                    page.goto(f"http://127.0.0.1:{port}/{'' if name == 'fleet' else name}")  # fleet is the default page
                     drawn(page)
                     samples.setdefault(name if i else f"{name} (cold browser)", []).append(time.perf_counter() - t)
                     page.close()

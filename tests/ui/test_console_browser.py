@@ -24,7 +24,7 @@ WRITE_CONTROLS = ("Check gate", "Check rollback", "Confirm promote", "Confirm ro
 
 def open_page(page, console, name: str) -> None:
     """Load a page and wait until Streamlit has finished running its script."""
-    page.goto(f"{console.url}/{name}")
+    page.goto(f"{console.url}/{'' if name == 'fleet' else name}")  # the default page lives at /
     page.get_by_role("heading", name=PAGES[name], exact=True).first.wait_for(timeout=30_000)
     settle(page)
 
@@ -38,6 +38,7 @@ def settle(page) -> None:
 def assert_no_exception(page) -> None:
     errors = page.locator('[data-testid="stException"]')
     assert errors.count() == 0, errors.first.inner_text()
+    assert page.get_by_text("Page not found").count() == 0
 
 
 def test_every_page_loads_without_exception(page, console, artifacts):

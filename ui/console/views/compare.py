@@ -87,8 +87,8 @@ def _figure(keys: list[tuple[str, str]], frame: pd.DataFrame, present: list[str]
                 _add_series(fig, series, x, key, COLORS[j % len(COLORS)], i // 2 + 1, i % 2 + 1, key not in in_legend)
                 in_legend.add(key)
     fig.update_layout(
-        height=280 * rows + 60, margin={"l": 10, "r": 10, "t": 60, "b": 10},
-        legend={"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 0}, hovermode="x unified",
+        height=280 * rows + 90, margin={"l": 10, "r": 10, "t": 90, "b": 10}, hovermode="x unified",
+        legend={"orientation": "h", "yref": "container", "y": 0.99, "yanchor": "top", "x": 0},
     )  # fmt: skip
     return fig
 

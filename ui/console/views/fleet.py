@@ -58,8 +58,11 @@ def _render_filters(table: pd.DataFrame) -> pd.DataFrame:
     left, mid, right = st.columns([2, 2, 2])
     families = left.multiselect("Family", sorted(table["family"].unique()), key="fleet_family")
     statuses = mid.multiselect("Status", [s for s in STATUSES if s in set(table["status"])], key="fleet_status")
-    evals = sorted(c for c in table.columns if str(c).startswith("eval/"))
-    eval_metric = right.selectbox("Eval metric", evals, key="fleet_eval") if evals else None
+    # eval/<suite>/<metric>: pick the metric; each adapter shows its mean over the suites it has.
+    evals = sorted({str(c).rsplit("/", 1)[-1] for c in table.columns if str(c).startswith("eval/")})
+    preferred = next((m for m in ("exact_match", "char_accuracy", "eval_loss") if m in evals), None)
+    index = evals.index(preferred) if preferred else 0
+    eval_metric = right.selectbox("Eval metric", evals, index=index, key="fleet_eval") if evals else None
     st.session_state["fleet_eval_metric"] = eval_metric
     if families:
         table = table[table["family"].isin(families)]
@@ -96,7 +99,7 @@ def _render_table(page: pd.DataFrame, spark: dict) -> None:
             "step": _steps(page),
             "loss": _column(page, "loss"),
             "grad norm": _column(page, "grad_norm"),
-            "eval": _column(page, eval_metric) if eval_metric else None,
+            "eval": _eval_column(page, eval_metric),
             "tokens/s": _column(page, "tokens_per_s"),
             "loss curve": [spark.get(k, []) for k in data.keys_of(page)],
             "reason": page["status_reason"],
@@ -123,6 +126,13 @@ def _steps(page: pd.DataFrame) -> pd.Series:
     if "metric_step" not in page.columns:
         return page["step"]
     return pd.concat([page["step"], page["metric_step"].fillna(0)], axis=1).max(axis=1).astype("int64")
+
+
+def _eval_column(page: pd.DataFrame, metric: str | None) -> pd.Series:
+    columns = [c for c in page.columns if metric and str(c).startswith("eval/") and str(c).endswith("/" + metric)]
+    if not columns:
+        return _column(page, None)
+    return page[columns].mean(axis=1, skipna=True)
 
 
 def _column(page: pd.DataFrame, name: str | None) -> pd.Series:
