@@ -9,6 +9,7 @@ import getpass
 
 import streamlit as st
 
+from lorafleet.errors import StoreUnavailable
 from lorafleet.ui.console import data
 from lorafleet.ui.console.views import compare, fleet, registry, regressions, traces
 
@@ -28,8 +29,11 @@ def pages() -> list:
 def run() -> None:
     st.set_page_config(page_title="lorafleet console", page_icon=":material/hub:", layout="wide")
     navigation = st.navigation(pages())
-    _render_sidebar()
-    navigation.run()
+    try:
+        _render_sidebar()
+        navigation.run()
+    except StoreUnavailable as exc:  # e.g. a trainer held the embedded store's lock too long
+        st.error(f"The store is unavailable right now: {exc}. Reload the page to try again.")
 
 
 def _render_sidebar() -> None:
