@@ -31,21 +31,26 @@ def test_each_health_rule_raises_its_flag():
 
 
 def test_demo_picks_the_best_eval_respecting_metric_direction():
-    def version(n, exact, loss):
+    def version(n, exact, loss, suite="s"):
         rows = [
-            {"suite": "s", "metric": "exact_match", "mean": exact},
-            {"suite": "s", "metric": "zz_loss", "mean": loss},
+            {"suite": suite, "metric": "exact_match", "mean": exact},
+            {"suite": suite, "metric": "zz_loss", "mean": loss},
         ]
         return SimpleNamespace(version=n, eval_summary=rows)
 
     versions = [
         version(1, 0.5, 1.0),
         version(2, 0.7, 2.0),
-        version(3, 0.7, 1.5),
+        version(3, 0.7, 0.9),
         SimpleNamespace(version=4, eval_summary=[]),
     ]
     assert best_version(versions, registry.higher_is_better).version == 3
     assert best_version([versions[3]], registry.higher_is_better) is None
+    # versions evaluated on different suites (tasks) still compare, metric by metric
+    assert (
+        best_version([version(1, 0.1, 3.0, "reverse"), version(2, 0.4, 2.0, "sort")], registry.higher_is_better).version
+        == 2
+    )
 
 
 def test_console_command_rejects_bad_port_and_store_with_exit_2():

@@ -87,17 +87,28 @@ def _by_family(versions) -> dict[str, list]:
 
 
 def best_version(versions, higher_is_better) -> object | None:
-    """The version with the best eval means over the (suite, metric) pairs every candidate has."""
+    """The version ranked best over the eval metrics every candidate has (each metric averaged over
+    the version's suites, so versions trained on different tasks still compare); ranks, not raw
+    values, so metrics of different scales weigh the same. Ties go to the earlier version."""
     scored = [v for v in versions if v.eval_summary]
     if not scored:
         return None
-    common = set.intersection(*({(r["suite"], r["metric"]) for r in v.eval_summary} for v in scored))
+    means = [_metric_means(v) for v in scored]
+    common = sorted(set.intersection(*(set(m) for m in means)))
+    totals = [0.0] * len(scored)
+    for metric in common:
+        sign = 1.0 if higher_is_better(metric) else -1.0
+        values = [sign * m[metric] for m in means]
+        for i, value in enumerate(values):
+            totals[i] += sum(other < value for other in values)  # how many versions this one beats
+    return scored[max(range(len(scored)), key=lambda i: (totals[i], -i))]
 
-    def key(version) -> tuple:
-        means = {(r["suite"], r["metric"]): r["mean"] for r in version.eval_summary}
-        return tuple(means[m] if higher_is_better(m[1]) else -means[m] for m in sorted(common))
 
-    return max(scored, key=key)
+def _metric_means(version) -> dict[str, float]:
+    by_metric: dict[str, list[float]] = {}
+    for row in version.eval_summary:
+        by_metric.setdefault(row["metric"], []).append(float(row["mean"]))
+    return {metric: sum(values) / len(values) for metric, values in by_metric.items()}
 
 
 def _promote_best(store, registry, family: str, versions) -> dict:
