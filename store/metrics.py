@@ -227,21 +227,37 @@ def curves(store: Store, keys: Sequence[tuple[str, str]], metrics: Sequence[str]
 
 
 def health_stats(store: Store, run_ids: Sequence[str]) -> list[dict]:
-    """Per adapter of the given runs, in one scan: loss first/min/last, non-finite losses,
-    grad-norm median and max, and mean tokens/s; the inputs of the console's health flags."""
+    """Per adapter of the given runs: loss first/min/last, non-finite losses, mean tokens/s, and
+    the median and max gradient norm after the first fifth of its steps (the large gradients of a
+    fresh adapter are not spikes); the inputs of the console's health flags."""
     return store.query_rows(
         """
-        SELECT run_id, adapter,
-               argMinIf(value, step, metric = 'loss' AND isFinite(value)) AS loss_first,
-               minIf(value, metric = 'loss' AND isFinite(value)) AS loss_min,
-               argMaxIf(value, step, metric = 'loss') AS loss_last,
-               countIf(metric = 'loss' AND NOT isFinite(value)) AS loss_nonfinite,
-               quantileIf(0.5)(value, metric = 'grad_norm' AND isFinite(value)) AS grad_median,
-               maxIf(value, metric = 'grad_norm' AND isFinite(value)) AS grad_max,
-               avgIf(value, metric = 'tokens_per_s' AND isFinite(value)) AS tokens_per_s
-        FROM metrics
-        WHERE run_id IN {runs:Array(String)} AND metric IN ('loss', 'grad_norm', 'tokens_per_s')
-        GROUP BY run_id, adapter
+        WITH spans AS (
+            SELECT run_id, adapter, max(step) AS hi FROM metrics_latest
+            WHERE run_id IN {runs:Array(String)} AND metric = 'grad_norm'
+            GROUP BY run_id, adapter
+        ),
+        late AS (
+            SELECT g.run_id AS run_id, g.adapter AS adapter,
+                   quantile(0.5)(g.value) AS grad_median, max(g.value) AS grad_max
+            FROM metrics AS g INNER JOIN spans AS s ON g.run_id = s.run_id AND g.adapter = s.adapter
+            WHERE g.run_id IN {runs:Array(String)} AND g.metric = 'grad_norm' AND isFinite(g.value)
+              AND g.step * 5 > s.hi
+            GROUP BY run_id, adapter
+        )
+        SELECT a.*, late.grad_median AS grad_median, late.grad_max AS grad_max
+        FROM (
+            SELECT run_id, adapter,
+                   argMinIf(value, step, metric = 'loss' AND isFinite(value)) AS loss_first,
+                   minIf(value, metric = 'loss' AND isFinite(value)) AS loss_min,
+                   argMaxIf(value, step, metric = 'loss') AS loss_last,
+                   countIf(metric = 'loss' AND NOT isFinite(value)) AS loss_nonfinite,
+                   avgIf(value, metric = 'tokens_per_s' AND isFinite(value)) AS tokens_per_s
+            FROM metrics
+            WHERE run_id IN {runs:Array(String)} AND metric IN ('loss', 'tokens_per_s')
+            GROUP BY run_id, adapter
+        ) AS a
+        LEFT JOIN late ON a.run_id = late.run_id AND a.adapter = late.adapter
         ORDER BY run_id, adapter
         """,
         {"runs": list(run_ids)},

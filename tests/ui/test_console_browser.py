@@ -75,7 +75,7 @@ def test_compare_draws_overlaid_curves(page, console):
 
 def test_bad_variant_shows_as_regression(page, console, filled):
     open_page(page, console, "regressions")
-    alert = page.locator('[data-testid="stAlertContentError"]').filter(has_text="flagged")
+    alert = page.locator('[data-testid="stAlertContentError"]').filter(has_text="flagged as broken")
     alert.wait_for(timeout=30_000)
     assert "beta-bad" in alert.inner_text()
     assert "alpha-lr3" not in alert.inner_text()

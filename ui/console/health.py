@@ -12,6 +12,7 @@ THROUGHPUT_DROP = 0.80  # below 80% of the previous run's tokens/s for the same 
 GRAD_SPIKE_RATIO = 10.0  # a gradient norm above 10x the adapter's median
 
 FLAGS = ("divergence", "nan_quarantine", "grad_norm_spikes", "throughput_drop")
+SEVERE = ("divergence", "nan_quarantine")  # the adapter is broken; the others are worth a look
 
 
 def _finite(value) -> bool:

@@ -61,13 +61,19 @@ def _render_health_section() -> None:
         st.caption("No metrics recorded for this run yet.")
         return
     flagged = health.flag_frame(stats)
-    bad = flagged[flagged["flags"].map(bool)]
-    if bad.empty:
+    severe = flagged[flagged["flags"].map(lambda raised: any(f in health.SEVERE for f in raised))]
+    watch = flagged[flagged["flags"].map(bool) & ~flagged.index.isin(severe.index)]
+    if severe.empty and watch.empty:
         st.success("No health flags raised.")
-    else:
-        names = ", ".join(f"{r.adapter} ({', '.join(r.flags)})" for r in bad.itertuples())
-        st.error(f"{len(bad)} adapter(s) flagged: {names}")
+    if not severe.empty:
+        st.error(f"{len(severe)} adapter(s) flagged as broken: {_describe(severe)}")
+    if not watch.empty:
+        st.warning(f"{len(watch)} adapter(s) worth a look: {_describe(watch)}")
     _render_health_table(flagged)
+
+
+def _describe(frame: pd.DataFrame) -> str:
+    return ", ".join(f"{r.adapter} ({', '.join(r.flags)})" for r in frame.itertuples())
 
 
 def _render_health_table(flagged: pd.DataFrame) -> None:
