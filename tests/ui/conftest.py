@@ -3,12 +3,14 @@ shared by every ui test; Streamlit servers on free loopback ports; Debian's chro
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 import yaml
 
 from lorafleet.store import open_store, registry
+from lorafleet.trainer import TrainerCallback
 from lorafleet.ui.cli.console_cmd import APP_PATH, run_demo
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -76,7 +79,8 @@ def filled(tmp_path_factory) -> Filled:
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("LORAFLEET_HOME", str(home))
             patch.delenv("LORAFLEET_STORE", raising=False)
-            summary = run_demo(url, _spec(root / "fleet.yaml"), prometheus_port=metrics_port)
+            scraped = _WaitForScrapes(prometheus.url)
+            summary = run_demo(url, _spec(root / "fleet.yaml"), prometheus_port=metrics_port, callbacks=[scraped])
         store = open_store(url)
         families = [f["family"] for f in registry.list_families(store)]
         yield Filled(
@@ -84,6 +88,24 @@ def filled(tmp_path_factory) -> Filled:
         )
     finally:
         _stop(prometheus)
+
+
+class _WaitForScrapes(TrainerCallback):
+    """Holds the end of the run (while /metrics still serves) until Prometheus has scraped the
+    run's counters at least twice, so rate() has something to work on however fast the run was."""
+
+    def __init__(self, prometheus: str, timeout_s: float = 20.0):
+        self.prometheus, self.timeout_s = prometheus, timeout_s
+
+    def on_run_end(self, end) -> None:
+        query = urllib.parse.urlencode({"query": "count_over_time(lorafleet_steps_total[10m])"})
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(f"{self.prometheus}/api/v1/query?{query}", timeout=5) as response:
+                result = json.loads(response.read())["data"]["result"]
+            if result and float(result[0]["value"][1]) >= 2:
+                return
+            time.sleep(0.25)
 
 
 def _start_prometheus(root: Path, metrics_port: int) -> Server:
