@@ -197,6 +197,7 @@ class Batch:
     slots: torch.Tensor  # (B,) slot of each sequence
     tokens: dict[int, int]  # slot -> real tokens in this batch
     sequences: dict[int, int]  # slot -> sequences
+    group_size: int = 1  # sequences per routing group: the per-adapter count when all adapters bring the same
 
 
 def collate(groups: list[tuple[int, list[Example]]], pad_id: int, device: str = "cpu") -> Batch:
@@ -211,4 +212,6 @@ def collate(groups: list[tuple[int, list[Example]]], pad_id: int, device: str = 
         tokens[slot] = tokens.get(slot, 0) + len(ex.input_ids)
     slots = torch.tensor([slot for slot, _ in seqs], dtype=torch.long)
     sequences = {slot: len(examples) for slot, examples in groups}
-    return Batch(ids.to(device), labels.to(device), slots.to(device), tokens, sequences)
+    counts = set(sequences.values())
+    group_size = counts.pop() if len(counts) == 1 and len(sequences) == len(groups) else 1
+    return Batch(ids.to(device), labels.to(device), slots.to(device), tokens, sequences, group_size)

@@ -98,8 +98,8 @@ class Fleet:
     # -- forward ------------------------------------------------------------------------------------------------
     def losses(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum of per-adapter mean losses, per-slot mean loss (S,)). Summing keeps each adapter's gradient its own."""
-        dropout = self._dropout(batch.slots)
-        self.routing.set(batch.slots, dropout)
+        groups = batch.slots[:: batch.group_size]
+        self.routing.set(groups, self._dropout(groups))
         try:
             logits = self.model(input_ids=batch.input_ids, use_cache=False).logits
         finally:

@@ -23,10 +23,12 @@ class Routing:
     """Which slot each sequence of the current batch uses; shared by every layer, set once per forward."""
 
     def __init__(self) -> None:
-        self.idx: torch.Tensor | None = None  # (batch,) long
-        self.dropout: torch.Tensor | None = None  # (batch, 1, 1) dropout probability, or None when all are 0
+        self.idx: torch.Tensor | None = None  # (groups,) slot of each group of consecutive sequences
+        self.dropout: torch.Tensor | None = None  # (groups, 1, 1) dropout probability, or None when all are 0
 
     def set(self, idx: torch.Tensor | None, dropout: torch.Tensor | None = None) -> None:
+        """`idx` has one entry per group of equally many consecutive sequences: per sequence in general, per
+        adapter when every adapter brings the same number (bigger matmuls, fewer gathered weights)."""
         self.idx, self.dropout = idx, dropout
 
 

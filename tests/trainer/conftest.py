@@ -54,7 +54,7 @@ def adapter(name: str, task: str = "reverse", **kw) -> dict:
 
 
 def fleet_dict(*adapters: dict, **kw) -> dict:
-    return {"name": "t", "threads": 2, "state_every": 0, "device": "cpu", **kw, "adapters": list(adapters)}
+    return {"name": "t", "threads": 1, "state_every": 0, "device": "cpu", **kw, "adapters": list(adapters)}
 
 
 def write_spec(path: Path, data) -> Path:
@@ -63,9 +63,9 @@ def write_spec(path: Path, data) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _two_threads():
+def _one_thread():
     old = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
 

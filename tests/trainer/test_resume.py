@@ -20,7 +20,7 @@ K = 4
 
 
 def _run(spec_path, run_id, log, *extra):
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, str(WORKER), str(spec_path), run_id, str(log), *extra], env=env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
 
