@@ -207,6 +207,12 @@ import streamlit as st
 st.title("Baseline")
 st.dataframe(pd.DataFrame({"adapter": ["a", "b", "c"], "loss": [1.0, 2.0, 3.0]}))
 """
+PLOTLY_BASELINE_APP = """import plotly.graph_objects as go
+import streamlit as st
+
+st.title("Baseline")
+st.plotly_chart(go.Figure(go.Scatter(x=[1, 2, 3], y=[3, 1, 2])))
+"""
 
 
 def _grid_drawn(page) -> None:
@@ -218,8 +224,9 @@ def time_browser(url: str, home: Path, loads: int = 3) -> dict[str, float]:
     (plus the first, cold-browser load of each), beside the floor: a one-table Streamlit app."""
     from lorafleet.ui.cli.console_cmd import APP_PATH
 
-    baseline = home / "baseline_app.py"
+    baseline, plotly_baseline = home / "baseline_app.py", home / "plotly_baseline_app.py"
     baseline.write_text(BASELINE_APP)
+    plotly_baseline.write_text(PLOTLY_BASELINE_APP)
     waits = {
         "fleet": _grid_drawn,
         "compare": lambda page: page.locator(".main-svg .scatterlayer .trace").first.wait_for(timeout=60_000),
@@ -227,8 +234,12 @@ def time_browser(url: str, home: Path, loads: int = 3) -> dict[str, float]:
     env = os.environ | {"LORAFLEET_STORE": url, "LORAFLEET_HOME": str(home)}
     env.pop("LORAFLEET_CONSOLE_TOKEN", None)
     floor = _browser_loads(baseline, {"": _grid_drawn}, env, home, loads, between_s=0.5)
+    plotly_floor = _browser_loads(plotly_baseline, {"": waits["compare"]}, env, home, loads, between_s=0.5)
     timings = _browser_loads(APP_PATH, waits, env, home, loads, between_s=CACHE_TTL_S + 1)
-    return timings | {"one-table Streamlit app (floor)": floor[""]}
+    return timings | {
+        "one-table Streamlit app (floor)": floor[""],
+        "one-plotly-chart Streamlit app (floor)": plotly_floor[""],
+    }
 
 
 def _browser_loads(app: Path, waits: dict, env: dict, home: Path, loads: int, between_s: float) -> dict[str, float]:
@@ -326,7 +337,8 @@ def main() -> None:  # pragma: no cover - exercised by running the bench
     result = {
         "fleet_page_s": round(browser["fleet"], 3),
         "compare_page_s": round(browser["compare"], 3),
-        "floor_page_s": round(browser["one-table Streamlit app (floor)"], 3),
+        "table_floor_s": round(browser["one-table Streamlit app (floor)"], 3),
+        "plotly_floor_s": round(browser["one-plotly-chart Streamlit app (floor)"], 3),
         "fleet_page_cold_s": round(browser["fleet (cold browser)"], 3),
         "compare_page_cold_s": round(browser["compare (cold browser)"], 3),
         "fleet_queries_s": round(queries["fleet"], 4),

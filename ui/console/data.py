@@ -25,7 +25,6 @@ TOKEN_ENV = "LORAFLEET_CONSOLE_TOKEN"
 LIVE_TTL = 2  # seconds: the fleet page of a live run
 TTL = 10
 CURVE_METRICS = ("loss", "grad_norm", "learning_rate")
-FLEET_METRICS = ("loss", "grad_norm", "tokens_per_s", "learning_rate")
 
 _page = threading.local()
 
