@@ -159,9 +159,13 @@ def _wait_up(server: Server, path: str, log: Path, timeout_s: float = 60) -> Ser
 
 
 def _start_console(filled: Filled, token: str | None, log: Path) -> Server:
+    return start_console(filled.url, filled.home, token, log)
+
+
+def start_console(url: str, home: Path, token: str | None, log: Path) -> Server:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "LORAFLEET_CONSOLE_TOKEN"}
-    env |= {"LORAFLEET_STORE": filled.url, "LORAFLEET_HOME": str(filled.home)}
+    env |= {"LORAFLEET_STORE": url, "LORAFLEET_HOME": str(home)}
     if token:
         env["LORAFLEET_CONSOLE_TOKEN"] = token
     command = [sys.executable, "-m", "streamlit", "run", str(APP_PATH), "--server.port", str(port),
@@ -194,6 +198,20 @@ def operator_console(filled, tmp_path_factory):
     server = _start_console(filled, TOKEN, tmp_path_factory.mktemp("logs") / "operator-console.log")
     yield server
     _stop(server)
+
+
+@pytest.fixture
+def console_for(tmp_path):
+    """Start a console over any store URL (stopped after the test)."""
+    servers = []
+
+    def start(url: str, home: Path) -> Server:
+        servers.append(start_console(url, home, None, tmp_path / f"console-{len(servers)}.log"))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        _stop(server)
 
 
 @pytest.fixture(scope="session")

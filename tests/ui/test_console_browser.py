@@ -5,10 +5,11 @@ promote/rollback from the console reach the store through the registry."""
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from lorafleet.store import open_store, registry
+from lorafleet.store import metrics, open_store, registry, runs
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -61,6 +62,22 @@ def grid_texts(page, grid) -> set[str]:
     cells = grid.locator('td[role="gridcell"]')
     cells.first.wait_for(state="attached", timeout=30_000)
     return {text.strip() for text in cells.all_text_contents()}
+
+
+def test_fleet_page_refreshes_itself_while_a_run_is_live(page, store, store_url, lorafleet_home, console_for):
+    now = datetime.now(UTC)
+    runs.upsert_run(store, runs.RunRow(run_id="live-run", status="running", started_at=now))
+    runs.upsert_adapters(store, [runs.AdapterRow("live-run", "live-a", "fam", "running")])
+    metrics.write_points(store, [("live-run", "live-a", "loss", 1, 4.25, now)])
+    server = console_for(store_url, lorafleet_home)
+    open_page(page, server, "fleet")
+    page.get_by_text("refreshes every").wait_for()
+    assert "4.25" in grid_texts(page, page.locator('[data-testid="stDataFrame"]').first)
+    metrics.write_points(store, [("live-run", "live-a", "loss", 2, 3.125, now + timedelta(seconds=1))])
+    deadline = time.monotonic() + 20  # no reload: the fragment re-runs on its own
+    while "3.125" not in grid_texts(page, page.locator('[data-testid="stDataFrame"]').first):
+        assert time.monotonic() < deadline, "the live fleet table never showed the new loss"
+        page.wait_for_timeout(250)
 
 
 def test_compare_draws_overlaid_curves(page, console):
