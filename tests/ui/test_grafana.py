@@ -138,6 +138,10 @@ def test_dashboards_parse_and_reference_provisioned_datasources():
         refs += [p["datasource"] for p in dashboard["panels"]]
         refs += [v["datasource"] for v in dashboard["templating"]["list"] if "datasource" in v]
         refs += [a["datasource"] for a in dashboard["annotations"]["list"] if a["datasource"]["uid"] != "-- Grafana --"]
+        for target in (t for p in dashboard["panels"] for t in p["targets"]):
+            if target["datasource"]["type"] == CLICKHOUSE_TYPE:  # the plugin's QueryType and sqlutil format codes
+                assert (target["queryType"], target["format"]) in {("timeSeries", 0), ("table", 1), ("traces", 3)}
+                assert target["editorType"] == "sql"
         for ref in refs:
             assert ref["uid"] in sources, f"{path.name}: unknown datasource uid {ref['uid']!r}"
             assert ref["type"] == sources[ref["uid"]]["type"]
