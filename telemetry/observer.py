@@ -21,6 +21,7 @@ from lorafleet.telemetry.batch import AdapterState, RunState
 from lorafleet.telemetry.prom import PrometheusMetrics
 from lorafleet.telemetry.sink import WRITER_LOCK_TIMEOUT_S, StoreSink
 from lorafleet.telemetry.spool import Spool, spool_root
+from lorafleet.telemetry.store_process import ProcessStoreSink
 from lorafleet.telemetry.tracing import RunTracer, TraceSampling
 from lorafleet.telemetry.writer import BatchWriter
 from lorafleet.trainer.callbacks import (
@@ -80,13 +81,16 @@ class Telemetry(TrainerCallback):
         prometheus_addr: str = "127.0.0.1",
         max_labelled_adapters: int = 64,
         store_lock_timeout_s: float = WRITER_LOCK_TIMEOUT_S,
+        store_process: bool = True,
     ):
         self.sampling = sampling or TraceSampling.from_env()
         self.tracing = tracing and os.environ.get("OTEL_SDK_DISABLED", "").lower() != "true"
         self._fixed_spool = spool_dir is not None
         spool = Spool(Path(spool_dir) if spool_dir else spool_root() / f"writer-{uuid.uuid4().hex[:12]}")
+        # The store's work runs in a child process by default: chDB holds the GIL while it works.
+        sink_type = ProcessStoreSink if store_process else StoreSink
         self.writer = BatchWriter(
-            StoreSink(store_url, lock_timeout=store_lock_timeout_s),
+            sink_type(store_url, lock_timeout=store_lock_timeout_s),
             spool,
             max_queue=max_queue,
             batch_size=batch_size,
@@ -95,9 +99,13 @@ class Telemetry(TrainerCallback):
         self._flush_interval_s = flush_interval_s
         self.prometheus: PrometheusMetrics | None = None
         if prometheus_port is not None:
-            self.prometheus = PrometheusMetrics(
-                prometheus_port, addr=prometheus_addr, max_adapters=max_labelled_adapters, writer=self.writer
-            )
+            try:
+                self.prometheus = PrometheusMetrics(
+                    prometheus_port, addr=prometheus_addr, max_adapters=max_labelled_adapters, writer=self.writer
+                )
+            except Exception:
+                self.writer.shutdown(0)  # nothing was emitted yet: just stop the thread
+                raise
         self.tracer: RunTracer | None = None
         self.hook_errors = 0
         self.run: RunRow | None = None
@@ -133,6 +141,8 @@ class Telemetry(TrainerCallback):
         if self.prometheus:
             self.prometheus.start_run(run.run_id)
             self._publish_states()
+        if self.tracer:  # a second run through the same observer: close the first one's trace
+            self.tracer.shutdown()
         if self.tracing:
             self.tracer = RunTracer(
                 run, self.writer.emit, self.sampling, schedule_delay_ms=self._flush_interval_s * 1000

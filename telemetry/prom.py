@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from lorafleet.errors import BadInput
 from lorafleet.trainer.callbacks import EvalRecord, StepRecord
 
 ADAPTER_STATES = ("running", "stopped", "quarantined", "early_stopped", "finished")
@@ -52,7 +53,13 @@ class PrometheusMetrics:
             ).set_function(lambda: writer.spool.rows)
         self._children: dict[str, tuple | None] = {}
         self._run_children: tuple | None = None
-        self.server, self._thread = start_http_server(port, addr=addr, registry=registry)
+        try:
+            self.server, self._thread = start_http_server(port, addr=addr, registry=registry)
+        except OSError as exc:
+            raise BadInput(
+                f"prometheus_port: cannot serve /metrics on {addr}:{port} ({exc.strerror or exc}); "
+                "choose another port or turn metrics off"
+            ) from None
 
     @property
     def port(self) -> int:

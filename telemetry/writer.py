@@ -1,7 +1,7 @@
 """The one batched writer: a bounded queue the training thread appends to, drained by a worker.
 
 `emit` costs one deque append. The worker wakes when a batch is ready or every
-`flush_interval_s`, encodes what is queued (batch.encode) and hands it to the sink. A timed
+`flush_interval_s`, encodes what is queued (encode.encode) and hands it to the sink. A timed
 flush waits longer when writes are costly (an embedded store session costs tens of ms of CPU),
 so the writer's share of the machine stays under `max_duty`. When the
 sink cannot take it (StoreUnavailable), the batch goes to the spool on disk and every later
@@ -23,10 +23,12 @@ from collections import deque
 from dataclasses import dataclass
 
 from lorafleet.errors import StoreUnavailable
-from lorafleet.telemetry.batch import Batch, FlushMarker, encode
+from lorafleet.telemetry.batch import Batch, FlushMarker
+from lorafleet.telemetry.encode import encode
 from lorafleet.telemetry.spool import Spool, has_orphans, orphans
 
 log = logging.getLogger(__name__)
+MAX_BACKOFF_S = 5.0  # the longest a timed flush waits because writes were slow
 
 
 @dataclass
@@ -135,7 +137,8 @@ class BatchWriter:
             except Exception:  # never let the worker die: log, back off, keep the data queued
                 log.exception("telemetry writer: unexpected error")
                 self._retry_at = time.monotonic() + self._retry_s
-            self._next_flush = time.monotonic() + max(self._interval, self._export_s / self._max_duty)
+            backoff = min(self._export_s / self._max_duty, MAX_BACKOFF_S)
+            self._next_flush = time.monotonic() + max(self._interval, backoff)
             if stopping and not self._queue:
                 # After a shutdown that timed out, this thread may have spooled once more: let go of the
                 # spool directory so a later process can replay it.

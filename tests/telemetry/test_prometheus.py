@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from lorafleet.errors import BadInput
 from lorafleet.telemetry import Telemetry
 
 PROMETHEUS = Path("/usr/bin/prometheus")
@@ -111,3 +112,12 @@ def wait_for_series(port: int, query: str, expected: int, timeout_s: float = 45.
             pass  # the server is still starting
         time.sleep(0.25)
     raise AssertionError(f"Prometheus returned {len(result)} of {expected} series for {query}")
+
+
+def test_a_busy_metrics_port_is_a_clear_input_error(store_url):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        busy = sock.getsockname()[1]
+        with pytest.raises(BadInput, match=f"prometheus_port: cannot serve /metrics on 127.0.0.1:{busy}"):
+            Telemetry(store_url, prometheus_port=busy)

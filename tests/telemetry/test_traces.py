@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from lorafleet.store import traces
 from lorafleet.telemetry import Telemetry, TraceSampling
@@ -98,3 +100,36 @@ def test_a_run_that_never_ends_still_gets_its_root_span_at_shutdown(fleet, store
     run = next(s for s in spans if s["SpanName"] == "run")
     assert run["StatusCode"] == "STATUS_CODE_ERROR"
     assert run["SpanAttributes"]["lorafleet.run.status"] == "interrupted"
+
+
+def test_with_an_otlp_endpoint_set_spans_also_go_to_a_collector(fleet, store_url, store, monkeypatch):
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    received: list[ExportTraceServiceRequest] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(ExportTraceServiceRequest.FromString(body))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+        with Telemetry(store_url) as tel:
+            fleet.run(tel, 2)
+    finally:
+        server.shutdown()
+        server.server_close()
+    spans = [s for r in received for rs in r.resource_spans for ss in rs.scope_spans for s in ss.spans]
+    stored = store.query_rows("SELECT count() AS n FROM otel_traces")[0]["n"]
+    assert len(spans) == stored > 0, "the collector and the store see the same spans"
+    resource = {a.key: a.value.string_value for a in received[0].resource_spans[0].resource.attributes}
+    assert resource["service.name"] == "lorafleet-trainer" and resource["lorafleet.run.id"] == fleet.run_id
