@@ -188,3 +188,20 @@ def test_an_unreachable_server_url_spools_instead_of_stopping_training(fleet, st
     Telemetry(store_url, flush_interval_s=0.05).shutdown(30)
     assert not list(spool_root().glob("*/*.batch"))
     assert_each_signal_once(store, fleet.run_id, fleet.adapter_steps)
+
+
+def test_a_killed_store_process_is_restarted_and_nothing_is_lost(fleet, store_url, store):
+    tel = Telemetry(store_url, flush_interval_s=0.05)
+    fleet.start(tel)
+    fleet.step(tel, 1)
+    assert tel.flush(20)
+    child = tel.writer.sink._proc
+    child.kill()  # the store's process dies between two flushes
+    child.wait(10)
+    for s in range(2, 11):
+        fleet.step(tel, s)
+    assert tel.flush(20)
+    fleet.end(tel, 10)
+    tel.shutdown(30)
+    assert tel.writer.sink._proc is None, "the restarted child was stopped at shutdown"
+    assert_each_signal_once(store, fleet.run_id, fleet.adapter_steps)
