@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,11 +19,11 @@ from lorafleet.errors import BadInput
 from lorafleet.trainer.config import TASK_PREFIX
 
 TASK_VERSION = 1  # bump when a generator changes, so dataset hashes change with it
-LETTERS = "abcdefghijklmnopqrstuvwxyz"
+LETTERS = "abcdefgh"
 
 
 def _letters(rng: random.Random, alphabet: str = LETTERS) -> str:
-    return "".join(rng.choice(alphabet) for _ in range(rng.randint(3, 6)))
+    return "".join(rng.choice(alphabet) for _ in range(rng.randint(2, 4)))
 
 
 def _task_pair(task: str, rng: random.Random) -> tuple[str, str]:
@@ -33,7 +34,7 @@ def _task_pair(task: str, rng: random.Random) -> tuple[str, str]:
         s = _letters(rng)
         return s, "".join(sorted(s))
     if task == "add":
-        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        a, b = rng.randint(0, 14), rng.randint(0, 14)
         return f"{a}+{b}", str(a + b)
     if task == "swapcase":
         s = _letters(rng, LETTERS + LETTERS.upper())
@@ -41,17 +42,22 @@ def _task_pair(task: str, rng: random.Random) -> tuple[str, str]:
     raise BadInput(f"unknown built-in task {task!r}")
 
 
-TASK_PROMPT = "{}>"  # the adapters' format; tiny-tasks pre-training uses "<task> x=y", so adapters must learn it
+TASK_PROMPT = "{}="  # adapters see no task name; tiny-tasks pre-training saw "<task> x=y", so adapters must learn it
 
 
-def task_examples(task: str, n: int, seed: int, exclude: set[str] = frozenset()) -> list[dict]:
-    """`n` distinct {"prompt","completion"} rows of a built-in task, none with a prompt in `exclude`."""
-    rng = random.Random(f"{task}:{seed}")
-    rows, seen = [], set(exclude)
+def is_held_out(prompt: str) -> bool:
+    """A fixed fifth of every task's prompts is held out: eval rows can never appear in training."""
+    return zlib.crc32(prompt.encode()) % 5 == 0
+
+
+def task_examples(task: str, n: int, seed: int, split: str = "train") -> list[dict]:
+    """Up to `n` distinct {"prompt","completion"} rows of a built-in task from the given split."""
+    rng = random.Random(f"{task}:{seed}:{split}")
+    rows, seen = [], set()
     for _ in range(n * 50):
         x, y = _task_pair(task, rng)
         prompt = TASK_PROMPT.format(x)
-        if prompt not in seen:
+        if prompt not in seen and is_held_out(prompt) == (split == "eval"):
             seen.add(prompt)
             rows.append({"prompt": prompt, "completion": y})
             if len(rows) == n:
@@ -143,8 +149,7 @@ def load_dataset(ref: str, tokenizer, max_len: int, *, n: int = 4096, seed: int 
 
 
 def _task_dataset(task: str, tokenizer, max_len: int, n: int, seed: int, split: str) -> Dataset:
-    train = task_examples(task, n, seed)
-    rows = train if split == "train" else task_examples(task, n, seed + 1, {r["prompt"] for r in train})
+    rows = task_examples(task, n, seed, split)
     examples = []
     for i, row in enumerate(rows):
         encoded = encode(tokenizer, row["prompt"], row["completion"], max_len)

@@ -212,9 +212,10 @@ class FleetRun:
     def apply_control(self) -> None:
         for path, command in control.pending_commands(self.dir):
             try:
-                if command["action"] == "submit":
+                # a command applied just before a crash is seen again on resume: apply each one once
+                if command["action"] == "submit" and command["adapter"]["name"] not in self.adapters:
                     self._join(AdapterSpec.model_validate(command["adapter"]))
-                elif command["action"] == "stop" and command["adapter"] in self.adapters:
+                elif command["action"] == "stop" and self.adapters.get(command["adapter"], None) in self.active():
                     self.retire(self.adapters[command["adapter"]], "stopped", "leave", "stopped by request")
             except (BadInput, ValueError) as exc:
                 log.warning("control command %s rejected: %s", path.name, exc)
@@ -344,7 +345,9 @@ class FleetRun:
     def finish(self, status: str, error: str = "") -> RunResult:
         if status == "finished":
             self.save_state(force=True)
-        self.flush()
+            self.flush()
+        else:
+            self.pending = []  # records of a step whose state was not saved: --resume redoes that step
         self.write_status(status)
         end = RunEnd(self.run_id, status, self.fleet_step, time.time_ns(), error,
                      {n: a.status for n, a in self.adapters.items()})  # fmt: skip

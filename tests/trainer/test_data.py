@@ -10,7 +10,7 @@ from lorafleet.errors import BadInput
 from lorafleet.trainer import AdapterSpec, lr_at
 from lorafleet.trainer.base import build_byte_tokenizer
 from lorafleet.trainer.config import BUILTIN_TASKS
-from lorafleet.trainer.data import DataStream, collate, load_dataset, task_examples
+from lorafleet.trainer.data import DataStream, collate, is_held_out, load_dataset, task_examples
 
 TOK = build_byte_tokenizer()
 
@@ -44,6 +44,7 @@ def test_rows_too_long_for_max_seq_len_are_bad_and_all_bad_is_fatal(tmp_path):
 def test_builtin_tasks_are_deterministic_correct_and_held_out(task):
     rows = task_examples(task, 50, seed=1)
     assert rows == task_examples(task, 50, seed=1) and len({r["prompt"] for r in rows}) == 50
+    assert not any(is_held_out(r["prompt"]) for r in rows)
     held_out = load_dataset(f"task:{task}", TOK, 32, n=50, seed=1, split="eval")
     assert not {ex.prompt for ex in held_out.examples} & {r["prompt"] for r in rows}
     x, y = rows[0]["prompt"][:-1], rows[0]["completion"]

@@ -14,6 +14,9 @@ STATUS_STYLE = {"active": "green", "finished": "bold green", "quarantined": "bol
                 "early_stopped": "yellow", "failed": "red"}  # fmt: skip
 
 
+_SHORT = {"eval_loss": "loss", "exact_match": "em", "char_accuracy": "char"}
+
+
 class FleetDisplay(TrainerCallback):
     def __init__(self, console: Console | None = None, refresh_s: float = 0.25):
         self.console = console or Console()
@@ -49,10 +52,12 @@ class FleetDisplay(TrainerCallback):
         self._refresh()
 
     def on_eval(self, record: EvalRecord) -> None:
-        m = record.metrics
-        extra = [f"{k} {v:.2f}" for k, v in m.items() if k not in ("eval_loss", "perplexity")]
-        parts = [f"loss {m['eval_loss']:.3f}", *extra]
-        self._row(record.adapter)["eval"] = f"@{record.step} " + " ".join(parts)
+        """Show where the adapter started and where it is now: the learning is the point of the demo."""
+        row = self._row(record.adapter)
+        first = row.setdefault("first_eval", record.metrics)
+        parts = [f"{_SHORT.get(k, k)} {first.get(k, v):.2f}→{v:.2f}" for k, v in record.metrics.items()
+                 if k != "perplexity"]  # fmt: skip
+        row["eval"] = f"@{record.step} " + " ".join(parts)
         self._refresh()
 
     def on_fleet_change(self, change: FleetChange) -> None:
