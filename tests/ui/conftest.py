@@ -50,7 +50,8 @@ def _spec(path: Path) -> Path:
             {**common, "name": "alpha-lr3", "family": "alpha", "learning_rate": 3e-3, "train_data": "task:reverse"},
             {**common, "name": "alpha-lr1", "family": "alpha", "learning_rate": 1e-3, "train_data": "task:reverse"},
             {**common, "name": "beta-lr3", "family": "beta", "learning_rate": 3e-3, "train_data": "task:sort"},
-            # The bad variant: a learning rate 20,000x too high and no clipping; it blows up.
+            # The bad variant: a learning rate 20,000x too high and no clipping. It blows up (NaN,
+            # quarantined) or saturates (gradients vanish): either way the console must flag it.
             {
                 **common,
                 "name": BAD,

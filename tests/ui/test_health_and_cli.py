@@ -26,6 +26,7 @@ def test_each_health_rule_raises_its_flag():
     assert health.flags(HEALTHY | {"loss_last": math.nan, "loss_nonfinite": 1}) == ["divergence", "nan_quarantine"]
     assert health.flags(HEALTHY | {"status": "quarantined"}) == ["nan_quarantine"]
     assert health.flags(HEALTHY | {"grad_max": 40.0}) == ["grad_norm_spikes"]
+    assert health.flags(HEALTHY | {"grad_median": 0.0, "grad_max": 0.0}) == ["vanished_gradients"]
     assert health.flags(HEALTHY | {"tokens_per_s": 500.0}) == ["throughput_drop"]
     assert health.flags(HEALTHY | {"prev_tokens_per_s": None, "tokens_per_s": 1.0}) == []
 

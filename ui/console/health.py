@@ -11,8 +11,10 @@ DIVERGE_OVER_MIN = 2.0  # or more than twice its best loss
 THROUGHPUT_DROP = 0.80  # below 80% of the previous run's tokens/s for the same config
 GRAD_SPIKE_RATIO = 10.0  # a gradient norm above 10x the adapter's median
 
-FLAGS = ("divergence", "nan_quarantine", "grad_norm_spikes", "throughput_drop")
-SEVERE = ("divergence", "nan_quarantine")  # the adapter is broken; the others are worth a look
+VANISHED = 1e-8  # a gradient norm this small after the first fifth of steps: the adapter stopped learning
+
+FLAGS = ("divergence", "nan_quarantine", "vanished_gradients", "grad_norm_spikes", "throughput_drop")
+SEVERE = ("divergence", "nan_quarantine", "vanished_gradients")  # broken; the others are worth a look
 
 
 def _finite(value) -> bool:
@@ -32,6 +34,8 @@ def flags(row: dict) -> list[str]:
     if row.get("status") == "quarantined" or (row.get("loss_nonfinite") or 0) > 0:
         raised.append("nan_quarantine")
     median, peak = row.get("grad_median"), row.get("grad_max")
+    if _finite(peak) and peak < VANISHED:  # e.g. saturated by a far too high learning rate
+        raised.append("vanished_gradients")
     if _finite(median) and _finite(peak) and median and peak > GRAD_SPIKE_RATIO * median:
         raised.append("grad_norm_spikes")
     now, before = row.get("tokens_per_s"), row.get("prev_tokens_per_s")
