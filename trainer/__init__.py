@@ -1,4 +1,18 @@
-"""The concurrent multi-LoRA trainer: N adapters, one frozen base, one forward/backward per step."""
+"""The concurrent multi-LoRA trainer: N adapters, one frozen base, one forward/backward per step.
+
+    run_fleet(load_fleet_spec("fleet.yaml"), callbacks=[...]) -> RunResult
+
+On disk, under $LORAFLEET_HOME/runs/<run_id>/:
+    spec.json                        the resolved fleet spec
+    status.json                      run status, each adapter's status, fleet step, pid (read by submit/stop)
+    state.pt                         trainer state for --resume (adapter weights + AdamW moments, steps,
+                                     data cursors, RNG, early-stopping counters), replaced atomically
+    control/                         queued submit/stop commands; control/done/ once applied and saved
+    adapters/<name>/checkpoint-<step>/, adapters/<name>/final/
+                                     PEFT directories: adapter_config.json, adapter_model.safetensors (PEFT key
+                                     names) and lorafleet.json (run, step, family, config, dataset and base sha256),
+                                     each written to a temp dir and renamed into place
+"""
 
 from lorafleet.trainer.callbacks import (
     AdapterInfo,

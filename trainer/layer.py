@@ -144,23 +144,25 @@ class SlotAdamW:
     def step(self, lr, wd, beta1, beta2, eps, steps, grad_scale, active) -> None:
         """All arguments are (S,) float64 tensors; `steps` is each slot's step count after this update."""
         w1, w2 = (1 - beta1) * active, (1 - beta2) * active
-        keep1, keep2 = 1 - w1, 1 - w2
-        step_size = lr * active / (1 - beta1**steps)
-        bc2_sqrt = (1 - beta2**steps).sqrt()
-        decay = 1 - lr * wd * active
+        vectors = {"keep1": 1 - w1, "keep2": 1 - w2, "w1": w1, "w2": w2, "scale": grad_scale, "eps": eps,
+                   "step_size": lr * active / (1 - beta1**steps), "bc2_sqrt": (1 - beta2**steps).sqrt(),
+                   "decay": 1 - lr * wd * active}  # fmt: skip
+        cache: dict = {}
         for layer in self.layers:
             for name, p in (("A", layer.lora_A), ("B", layer.lora_B)):
                 if p.grad is None:
                     continue
-                view = (-1, 1, 1)
-                dt = p.dtype
-                g = p.grad * grad_scale.to(dt).view(view)
+                key = (p.dtype, p.device)
+                if key not in cache:  # converted once per step, not once per layer
+                    cache[key] = {k: v.to(device=p.device, dtype=p.dtype).view(-1, 1, 1) for k, v in vectors.items()}
+                c = cache[key]
+                g = p.grad * c["scale"]
                 m, v = layer.state["m_" + name], layer.state["v_" + name]
-                p.mul_(decay.to(dt).view(view))
-                m.mul_(keep1.to(dt).view(view)).add_(g * w1.to(dt).view(view))
-                v.mul_(keep2.to(dt).view(view)).add_(g * g * w2.to(dt).view(view))
-                denom = (v.sqrt() / bc2_sqrt.to(dt).view(view)).add_(eps.to(dt).view(view))
-                p.addcdiv_(m * step_size.to(dt).view(view), denom, value=-1.0)
+                p.mul_(c["decay"])
+                m.mul_(c["keep1"]).add_(g * c["w1"])
+                v.mul_(c["keep2"]).add_(g * g * c["w2"])
+                denom = (v.sqrt() / c["bc2_sqrt"]).add_(c["eps"])
+                p.addcdiv_(m * c["step_size"], denom, value=-1.0)
 
     def zero_grad(self) -> None:
         for layer in self.layers:

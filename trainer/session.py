@@ -300,6 +300,7 @@ class FleetRun:
             "spec": self.spec.model_dump(mode="json"),
             "base_model_sha256": self.base_sha256,
             "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "adapters": {
                 name: {
                     "spec": a.spec.model_dump(mode="json"),
@@ -335,6 +336,8 @@ class FleetRun:
                 self.fleet.add(adapter.spec, adapter.seed)
                 self.fleet.load_adapter_tensors(name, saved["tensors"])
         torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])  # LoRA dropout on a GPU draws from these
         self.write_status("running")
 
     def write_status(self, status: str) -> None:
