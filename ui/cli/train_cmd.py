@@ -49,6 +49,8 @@ def train(
         from lorafleet.store.registry import register_run
 
         register_run(open_store(store), result.run_id)
+    if not console.is_terminal:
+        typer.echo()  # the final table is left without a line end when no terminal drives the live display
     typer.echo(f"run {result.run_id} {result.status} after {result.steps} steps; output in {result.output_dir}")
     if result.status != "finished":
         raise typer.Exit(1)
