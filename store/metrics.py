@@ -12,7 +12,7 @@ import pyarrow as pa
 from lorafleet.store.engine import Store
 
 METRIC_COLUMNS = ("run_id", "adapter", "metric", "step", "value", "ts")
-_ARROW_SCHEMA = pa.schema(
+ARROW_SCHEMA = pa.schema(
     [
         ("run_id", pa.dictionary(pa.int32(), pa.string())),
         ("adapter", pa.dictionary(pa.int32(), pa.string())),
@@ -54,7 +54,7 @@ def write_columns(store: Store, run_id, adapter, metric, step, value, ts, *, ded
             pa.array(np.asarray(value, dtype=np.float64)),
             ts if isinstance(ts, pa.Array) else pa.array(ts, pa.timestamp("us", tz="UTC")),
         ],
-        schema=_ARROW_SCHEMA,
+        schema=ARROW_SCHEMA,
     )
     store.insert_arrow("metrics", table, dedup_token=dedup_token)
 

@@ -18,21 +18,12 @@ import numpy as np
 import pyarrow as pa
 
 from lorafleet.store.evals import EVAL_COLUMNS, EvalRow
+from lorafleet.store.metrics import ARROW_SCHEMA
 from lorafleet.store.runs import AdapterRow, RunRow
 
 # A raw metric row: (run_id, adapter, metric, step, value, ts in microseconds since the epoch).
 MetricRow = tuple[str, str, str, int, float, int]
 
-METRICS_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.dictionary(pa.int32(), pa.string())),
-        ("adapter", pa.dictionary(pa.int32(), pa.string())),
-        ("metric", pa.dictionary(pa.int32(), pa.string())),
-        ("step", pa.uint64()),
-        ("value", pa.float64()),
-        ("ts", pa.timestamp("us", tz="UTC")),
-    ]
-)
 FORMAT_VERSION = 1
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -105,7 +96,7 @@ def metrics_table(rows: list[tuple]) -> pa.Table:
             pa.array(numbers(4, np.float64)),
             pa.array(numbers(5, np.int64), pa.timestamp("us", tz="UTC")),
         ],
-        schema=METRICS_SCHEMA,
+        schema=ARROW_SCHEMA,
     )
 
 
@@ -127,7 +118,7 @@ def dump(batch: Batch) -> bytes:
     out.write(json.dumps(header, default=_json_default, allow_nan=True).encode())
     out.write(b"\n")
     if batch.metrics is not None:
-        with pa.ipc.new_stream(out, METRICS_SCHEMA) as stream:
+        with pa.ipc.new_stream(out, ARROW_SCHEMA) as stream:
             stream.write_table(batch.metrics)
     return out.getvalue()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 import typer
@@ -11,7 +10,7 @@ from rich.table import Table
 from lorafleet.errors import GateRefused
 from lorafleet.store import open_store
 from lorafleet.store import registry as reg
-from lorafleet.ui.cli._common import JsonOption, StoreOption, console, handle_errors, print_json
+from lorafleet.ui.cli._common import JsonOption, StoreOption, cell, console, handle_errors, print_json
 
 ActorOption = Annotated[
     str | None, typer.Option("--actor", help="Who is acting, for the audit trail (default: the OS user).")
@@ -258,18 +257,8 @@ def _table(rows: list[dict], columns: tuple[str, ...], title: str) -> None:
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*(_cell(row.get(c)) for c in columns))
+        table.add_row(*(cell(row.get(c)) for c in columns))
     console.print(table)
-
-
-def _cell(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
-    return str(value)
 
 
 def _version_text(version: int | None) -> str:
