@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 import lorafleet
-from lorafleet.store.url import lorafleet_home
+from lorafleet import lorafleet_home
 from lorafleet.trainer.callbacks import TrainerCallback
 
 DEMO_SPEC = Path(lorafleet.__file__).resolve().parent / "examples" / "demo.yaml"

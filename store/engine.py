@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
-from clickhouse_connect.driver.exceptions import ClickHouseError
+from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
 from lorafleet.errors import BadInput, StoreUnavailable
 from lorafleet.store.url import StoreURL, parse_store_url
@@ -156,7 +156,6 @@ class Store:
     def __init__(self, url: StoreURL, lock_timeout: float | None = None):
         self.url = url
         self.lock_timeout = _default_lock_timeout() if lock_timeout is None else lock_timeout
-        self.cluster: str | None = None
         self._server_client = None
         self._server_mutex = threading.RLock()
         self._embedded = _EmbeddedEngine.for_path(url.path) if url.embedded else None
@@ -253,19 +252,13 @@ class Store:
         try:
             yield
         except ClickHouseError as exc:
-            if _is_connection_error(exc):
+            if isinstance(exc, OperationalError):  # the transport failed, not the statement
                 raise StoreUnavailable(f"store {self.url.masked()} is unreachable: {type(exc).__name__}") from None
             raise
 
 
 def _dedup_settings(token: str | None) -> dict | None:
     return {"insert_deduplication_token": token} if token else None
-
-
-def _is_connection_error(exc: Exception) -> bool:
-    from clickhouse_connect.driver.exceptions import OperationalError
-
-    return isinstance(exc, OperationalError)
 
 
 def open_store(url: str | None = None, *, migrate: bool = True, lock_timeout: float | None = None) -> Store:

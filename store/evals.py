@@ -55,20 +55,6 @@ def eval_summary(store: Store, run_id: str, adapter: str, step: int | None = Non
     )
 
 
-def eval_history(store: Store, run_id: str, adapter: str) -> list[dict]:
-    """Mean score per (suite, metric, step): the eval curve of one adapter."""
-    return store.query_rows(
-        """
-        SELECT suite, metric, step, avg(score) AS mean, count() AS examples
-        FROM evals FINAL
-        WHERE run_id = {run:String} AND adapter = {adapter:String}
-        GROUP BY suite, metric, step
-        ORDER BY suite, metric, step
-        """,
-        {"run": run_id, "adapter": adapter},
-    )
-
-
 def latest_eval_step(store: Store, run_id: str, adapter: str) -> int | None:
     rows = store.query(
         "SELECT max(step), count() FROM evals WHERE run_id = {run:String} AND adapter = {adapter:String}",

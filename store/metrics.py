@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import numpy as np
 import pyarrow as pa
@@ -141,13 +141,6 @@ def series(
     )
 
 
-def series_many(
-    store: Store, keys: Sequence[tuple[str, str]], metric: str, max_points: int = 1000
-) -> dict[tuple[str, str], list[dict]]:
-    """Downsampled curves for several (run_id, adapter) pairs, keyed by the pair."""
-    return {key: series(store, key[0], key[1], metric, max_points) for key in keys}
-
-
 def metric_names(store: Store, run_id: str) -> list[str]:
     rows = store.query(
         "SELECT DISTINCT metric FROM metrics_latest WHERE run_id = {run:String} ORDER BY metric",
@@ -161,10 +154,6 @@ def count_points(store: Store, run_id: str, *, distinct: bool = True) -> int:
     expr = "uniqExact(adapter, metric, step)" if distinct else "count()"
     sql = f"SELECT {expr} FROM metrics WHERE run_id = {{run:String}}"  # noqa: S608 - expr is one of two constants
     return int(store.query(sql, {"run": run_id}).result_rows[0][0])
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 # -- console queries (appended for the console and Grafana; issue 6) ---------------------------

@@ -7,15 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from lorafleet import lorafleet_home
 from lorafleet.errors import BadInput
 
 STORE_ENV = "LORAFLEET_STORE"
-HOME_ENV = "LORAFLEET_HOME"
-
-
-def lorafleet_home() -> Path:
-    """The state directory: $LORAFLEET_HOME, default ~/.lorafleet."""
-    return Path(os.environ.get(HOME_ENV) or Path.home() / ".lorafleet").expanduser().absolute()
 
 
 @dataclass(frozen=True)

@@ -146,13 +146,14 @@ def _us(ts: datetime | None) -> int | None:
     return None if ts is None else (ts - EPOCH) // timedelta(microseconds=1)
 
 
-def _from_us(us: int | None) -> datetime | None:
+def datetime_from_us(us: int | None) -> datetime | None:
+    """Microseconds since the epoch -> an aware UTC datetime (the spool and row encoding)."""
     return None if us is None else EPOCH + timedelta(microseconds=us)
 
 
 def _replace_ts(row: EvalRow) -> EvalRow:
     values = {c: getattr(row, c) for c in EVAL_COLUMNS}
-    values["ts"] = _from_us(row.ts)
+    values["ts"] = datetime_from_us(row.ts)
     return EvalRow(**values)
 
 
@@ -165,7 +166,7 @@ def _row_json(row) -> dict:
 
 
 def _run_from_json(data: dict) -> RunRow:
-    fixed = {k: _from_us(v["$us"]) if isinstance(v, dict) and "$us" in v else v for k, v in data.items()}
+    fixed = {k: datetime_from_us(v["$us"]) if isinstance(v, dict) and "$us" in v else v for k, v in data.items()}
     return RunRow(**fixed)
 
 

@@ -4,17 +4,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import timedelta
 
 from lorafleet.store.evals import EvalRow
 from lorafleet.telemetry.batch import (
-    EPOCH,
     AdapterState,
     Batch,
     FlushMarker,
     MetricRow,
     RunState,
     SpanRows,
+    datetime_from_us,
     metrics_table,
 )
 from lorafleet.trainer.callbacks import EvalRecord, StepRecord
@@ -74,7 +73,7 @@ def eval_metric_rows(record: EvalRecord) -> list[MetricRow]:
 
 
 def eval_rows(record: EvalRecord) -> list[EvalRow]:
-    ts = EPOCH + timedelta(microseconds=record.end_ns // 1000)
+    ts = datetime_from_us(record.end_ns // 1000)
     return [
         EvalRow(
             run_id=record.run_id,

@@ -13,11 +13,10 @@ import threading
 import time
 import uuid
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from lorafleet.store.runs import AdapterRow, RunRow
-from lorafleet.telemetry.batch import AdapterState, RunState
+from lorafleet.telemetry.batch import AdapterState, RunState, datetime_from_us
 from lorafleet.telemetry.prom import PrometheusMetrics
 from lorafleet.telemetry.sink import WRITER_LOCK_TIMEOUT_S, StoreSink
 from lorafleet.telemetry.spool import Spool, spool_root
@@ -36,7 +35,6 @@ from lorafleet.trainer.callbacks import (
 )
 
 log = logging.getLogger(__name__)
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CHANGE_STATUS = {
     "join": "running",
     "leave": "stopped",
@@ -132,7 +130,7 @@ class Telemetry(TrainerCallback):
             host=socket.gethostname(),
             pid=os.getpid(),
             code_revision=run.code_revision,
-            started_at=_dt(started),
+            started_at=datetime_from_us(started // 1000),
         )
         self.adapters = {a.name: self._adapter_row(run.run_id, a, run.resumed_from_step) for a in run.adapters}
         self._emit_run()
@@ -196,7 +194,9 @@ class Telemetry(TrainerCallback):
     def on_run_end(self, end: RunEnd) -> None:
         if self.run is None:
             return
-        self.run = replace(self.run, status=end.status, finished_at=_dt(end.end_ns or time.time_ns()))
+        self.run = replace(
+            self.run, status=end.status, finished_at=datetime_from_us((end.end_ns or time.time_ns()) // 1000)
+        )
         self._emit_run()
         for name, row in self.adapters.items():
             status = end.adapter_status.get(name) or _final_status(row.status, end.status)
@@ -272,7 +272,3 @@ def _final_status(current: str, run_status: str) -> str:
     if current != "running":
         return current
     return "finished" if run_status == "finished" else "stopped"
-
-
-def _dt(ns: int) -> datetime:
-    return EPOCH + timedelta(microseconds=ns // 1000)

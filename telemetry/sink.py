@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
 
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
@@ -14,10 +13,9 @@ from lorafleet.errors import StoreUnavailable
 from lorafleet.store import evals, runs, traces
 from lorafleet.store.engine import Store, open_store
 from lorafleet.store.migrations import ensure_schema
-from lorafleet.telemetry.batch import Batch
+from lorafleet.telemetry.batch import Batch, datetime_from_us
 
 log = logging.getLogger(__name__)
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 WRITER_LOCK_TIMEOUT_S = 2.0
 
@@ -62,10 +60,12 @@ class StoreSink:
             traces.write_spans(self.store, batch.spans, dedup_token=f"{token}/spans")
         if batch.runs:
             for state in _latest(batch.runs, lambda s: s.row.run_id):
-                runs.upsert_run(self.store, state.row, updated_at=_dt(state.version_us))
+                runs.upsert_run(self.store, state.row, updated_at=datetime_from_us(state.version_us))
         if batch.adapters:
             latest = _latest(batch.adapters, lambda s: (s.row.run_id, s.row.adapter))
-            runs.upsert_adapters(self.store, [s.row for s in latest], updated_at=[_dt(s.version_us) for s in latest])
+            runs.upsert_adapters(
+                self.store, [s.row for s in latest], updated_at=[datetime_from_us(s.version_us) for s in latest]
+            )
 
     def force_flush(self, timeout_s: float = 30.0) -> bool:
         return True
@@ -82,7 +82,3 @@ def _latest(states: list, key) -> list:
         if k not in newest or state.version_us >= newest[k].version_us:
             newest[k] = state
     return list(newest.values())
-
-
-def _dt(us: int) -> datetime:
-    return EPOCH + timedelta(microseconds=us)

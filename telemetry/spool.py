@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from lorafleet.store.url import lorafleet_home
+from lorafleet import lorafleet_home
 from lorafleet.telemetry.batch import Batch, dump, load
 
 SUFFIX = ".batch"

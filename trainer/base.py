@@ -9,13 +9,13 @@ $LORAFLEET_HOME/models/<name>, and then loaded through that same from_pretrained
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import uuid
 from pathlib import Path
 
 import torch
 
+from lorafleet import lorafleet_home
 from lorafleet.errors import BadInput
 
 BUILTIN_BASES = ("tiny", "tiny-tasks")
@@ -37,10 +37,6 @@ def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # weight-loading bars would break the live table
-
-
-def lorafleet_home() -> Path:
-    return Path(os.environ.get("LORAFLEET_HOME") or Path.home() / ".lorafleet")
 
 
 def _byte_to_unicode() -> dict[int, str]:

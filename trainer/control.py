@@ -13,9 +13,9 @@ import time
 import uuid
 from pathlib import Path
 
+from lorafleet import lorafleet_home
 from lorafleet.errors import BadInput, NotFound
 from lorafleet.names import check_name
-from lorafleet.trainer.base import lorafleet_home
 from lorafleet.trainer.config import AdapterSpec
 
 

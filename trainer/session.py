@@ -20,10 +20,11 @@ from pathlib import Path
 
 import torch
 
+from lorafleet import lorafleet_home
 from lorafleet.errors import BadInput, NotFound
 from lorafleet.names import check_name
 from lorafleet.trainer import control
-from lorafleet.trainer.base import base_sha256, load_base, lorafleet_home, pick_device
+from lorafleet.trainer.base import base_sha256, load_base, pick_device
 from lorafleet.trainer.callbacks import (
     AdapterInfo,
     CheckpointRecord,
