@@ -63,20 +63,21 @@ def run_demo(
 ) -> dict:
     """Train the demo fleet with telemetry, register its versions and promote each family's best."""
     from lorafleet.store import registry
-    from lorafleet.telemetry import Telemetry
-    from lorafleet.trainer import load_fleet_spec, run_fleet
+    from lorafleet.trainer import load_fleet_spec
+    from lorafleet.ui.cli.train_cmd import train_and_register
 
-    spec = load_fleet_spec(spec_path)
-    telemetry = Telemetry(store_url, prometheus_port=prometheus_port, prometheus_addr=prometheus_addr)
-    try:
-        result = run_fleet(spec, callbacks=[*callbacks, telemetry])
-    finally:
-        telemetry.shutdown()  # everything written before versions are registered from it
-    run_id = result.run_id
+    result, versions = train_and_register(
+        load_fleet_spec(spec_path), store_url, callbacks=callbacks, prometheus_port=prometheus_port,
+        prometheus_addr=prometheus_addr, actor=DEMO_ACTOR,
+    )  # fmt: skip
     store = open_store(store_url)
-    versions = registry.register_run(store, run_id, actor=DEMO_ACTOR)
     promoted = [_promote_best(store, registry, family, vs) for family, vs in _by_family(versions).items()]
-    return {"run_id": run_id, "status": result.status, "versions": [v.ref for v in versions], "promoted": promoted}
+    return {
+        "run_id": result.run_id,
+        "status": result.status,
+        "versions": [v.ref for v in versions],
+        "promoted": promoted,
+    }
 
 
 def _by_family(versions) -> dict[str, list]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -24,36 +25,61 @@ def train(
     no_register: Annotated[bool, typer.Option("--no-register", help="Do not register finished adapters.")] = False,
 ) -> None:
     """Train a fleet of LoRA adapters on one base model, one forward/backward per step for all of them."""
-    from lorafleet.trainer import run_fleet
     from lorafleet.ui.cli._train_display import FleetDisplay
 
     spec = _spec(fleet, resume)
     display = FleetDisplay(console)
-    callbacks: list = [display]
-    tel = None
-    if not no_telemetry:
-        from lorafleet.telemetry import Telemetry
-
-        tel = Telemetry(store, prometheus_port=None if no_metrics else metrics_port)
-        callbacks.append(tel)
-    try:
-        with display:
-            result = run_fleet(spec, callbacks=callbacks, run_id=resume or run_id, resume=bool(resume))
-    finally:
-        if tel is not None:
-            tel.shutdown()
+    with display:
+        result, _ = train_and_register(
+            spec, store, callbacks=[display], run_id=resume or run_id, resume=bool(resume),
+            prometheus_port=None if no_metrics else metrics_port, telemetry=not no_telemetry,
+            register=not (no_register or no_telemetry),
+        )  # fmt: skip
     for warning in result.warnings:
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
-    if result.status == "finished" and not (no_register or no_telemetry):
-        from lorafleet.store import open_store
-        from lorafleet.store.registry import register_run
-
-        register_run(open_store(store), result.run_id)
     if not console.is_terminal:
         typer.echo()  # the final table is left without a line end when no terminal drives the live display
     typer.echo(f"run {result.run_id} {result.status} after {result.steps} steps; output in {result.output_dir}")
     if result.status != "finished":
         raise typer.Exit(1)
+
+
+def train_and_register(
+    spec,
+    store_url: str | None,
+    *,
+    callbacks: Sequence = (),
+    run_id: str | None = None,
+    resume: bool = False,
+    prometheus_port: int | None = None,
+    prometheus_addr: str = "127.0.0.1",
+    telemetry: bool = True,
+    register: bool = True,
+    actor: str | None = None,
+) -> tuple:
+    """Run the fleet with telemetry to the store, then register its finished adapters as versions.
+
+    Returns (RunResult, registered versions). Telemetry is shut down first, so every row the
+    registry reads (adapters, evals) is in the store before versions are made from it."""
+    from lorafleet.store import open_store
+    from lorafleet.store.registry import register_run
+    from lorafleet.trainer import run_fleet
+
+    observers = list(callbacks)
+    tel = None
+    if telemetry:
+        from lorafleet.telemetry import Telemetry
+
+        tel = Telemetry(store_url, prometheus_port=prometheus_port, prometheus_addr=prometheus_addr)
+        observers.append(tel)
+    try:
+        result = run_fleet(spec, callbacks=observers, run_id=run_id, resume=resume)
+    finally:
+        if tel is not None:
+            tel.shutdown()
+    if result.status != "finished" or not register:
+        return result, []
+    return result, register_run(open_store(store_url), result.run_id, actor=actor)
 
 
 def _spec(fleet: Path | None, resume: str | None):
