@@ -4,29 +4,20 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
+from servers import start_prometheus, stop
 
 from lorafleet.errors import BadInput
 from lorafleet.telemetry import Telemetry
-
-PROMETHEUS = Path("/usr/bin/prometheus")
 
 
 def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         return response.read().decode()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_metrics_endpoint_serves_fleet_and_adapter_series(fleet, store_url):
@@ -65,41 +56,24 @@ def test_metrics_are_off_unless_a_port_is_given(fleet, store_url):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not PROMETHEUS.exists(), reason="Debian's prometheus package is not installed")
 def test_a_real_prometheus_server_scrapes_the_loss_of_every_adapter(fleet, store_url, tmp_path):
     tel = Telemetry(store_url, prometheus_port=0)
     fleet.start(tel)
     for s in range(1, 4):
         fleet.step(tel, s)
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s}\n"
-        "scrape_configs:\n"
-        f"  - job_name: lorafleet\n    static_configs: [{{targets: ['127.0.0.1:{tel.prometheus.port}']}}]\n"
-    )
-    port = free_port()
-    server = subprocess.Popen(
-        [str(PROMETHEUS), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    server = start_prometheus(tmp_path / "prometheus", tel.prometheus.port)
     try:
-        adapters = wait_for_series(port, "lorafleet_adapter_loss", expected=len(fleet.adapters))
+        adapters = wait_for_series(server.url, "lorafleet_adapter_loss", expected=len(fleet.adapters))
         assert {r["metric"]["adapter"] for r in adapters} == set(fleet.adapters)
         assert {r["metric"]["run"] for r in adapters} == {fleet.run_id}
         assert all(float(r["value"][1]) > 0 for r in adapters)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server)
         tel.shutdown()
 
 
-def wait_for_series(port: int, query: str, expected: int, timeout_s: float = 45.0) -> list[dict]:
-    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+def wait_for_series(server_url: str, query: str, expected: int, timeout_s: float = 45.0) -> list[dict]:
+    url = f"{server_url}/api/v1/query?" + urllib.parse.urlencode({"query": query})
     deadline = time.monotonic() + timeout_s
     result: list[dict] = []
     while time.monotonic() < deadline:

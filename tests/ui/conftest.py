@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -17,10 +15,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from servers import Server, free_port, start_prometheus, stop, wait_up
 
 from lorafleet.store import open_store, registry
 from lorafleet.trainer import TrainerCallback
-from lorafleet.ui.cli.console_cmd import APP_PATH, run_demo
+from lorafleet.ui.cli.console_cmd import run_demo, streamlit_command
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 TOKEN = "test-operator-token"
@@ -74,8 +73,8 @@ def filled(tmp_path_factory) -> Filled:
     home = root / "home"
     home.mkdir()
     url = f"chdb://{root / 'clickhouse'}"
-    metrics_port = _free_port()
-    prometheus = _start_prometheus(root, metrics_port)
+    metrics_port = free_port()
+    prometheus = start_prometheus(root / "prometheus", metrics_port)
     try:
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("LORAFLEET_HOME", str(home))
@@ -88,7 +87,7 @@ def filled(tmp_path_factory) -> Filled:
             url, home, summary["run_id"], ["alpha-lr3", "alpha-lr1", "beta-lr3", BAD], families, prometheus.url
         )
     finally:
-        _stop(prometheus)
+        stop(prometheus)
 
 
 class _WaitForScrapes(TrainerCallback):
@@ -109,80 +108,19 @@ class _WaitForScrapes(TrainerCallback):
             time.sleep(0.25)
 
 
-def _start_prometheus(root: Path, metrics_port: int) -> Server:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail("Debian's prometheus is not installed (.ci/run installs it)")
-    port = _free_port()
-    config = root / "prometheus.yml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "global": {"scrape_interval": "1s"},
-                "scrape_configs": [
-                    {"job_name": "lorafleet-trainer", "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]}
-                ],
-            }
-        )
-    )
-    log = root / "prometheus.log"
-    command = [binary, f"--config.file={config}", f"--storage.tsdb.path={root / 'tsdb'}",
-               f"--web.listen-address=127.0.0.1:{port}"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    return _wait_up(Server(f"http://127.0.0.1:{port}", process), "/-/ready", log)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen
-
-
-def _wait_up(server: Server, path: str, log: Path, timeout_s: float = 60) -> Server:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"{server.url} exited with {server.process.returncode}: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{server.url}{path}", timeout=1) as response:
-                if response.status == 200:
-                    return server
-        except OSError:
-            time.sleep(0.2)
-    _stop(server)
-    raise RuntimeError(f"{server.url} did not come up in {timeout_s:.0f} s: {log.read_text()[-2000:]}")
-
-
 def _start_console(filled: Filled, token: str | None, log: Path) -> Server:
     return start_console(filled.url, filled.home, token, log)
 
 
 def start_console(url: str, home: Path, token: str | None, log: Path) -> Server:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "LORAFLEET_CONSOLE_TOKEN"}
     env |= {"LORAFLEET_STORE": url, "LORAFLEET_HOME": str(home)}
     if token:
         env["LORAFLEET_CONSOLE_TOKEN"] = token
-    command = [sys.executable, "-m", "streamlit", "run", str(APP_PATH), "--server.port", str(port),
-               "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
-               "--server.fileWatcherType", "none"]  # fmt: skip
+    command = [*streamlit_command(port), "--server.fileWatcherType", "none"]
     process = subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    return _wait_up(Server(f"http://127.0.0.1:{port}", process), "/_stcore/health", log)
-
-
-def _stop(server: Server) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
+    return wait_up(Server(f"http://127.0.0.1:{port}", process), "/_stcore/health", log)
 
 
 @pytest.fixture(scope="session")
@@ -190,7 +128,7 @@ def console(filled, tmp_path_factory):
     """The console with no operator token configured: read-only."""
     server = _start_console(filled, None, tmp_path_factory.mktemp("logs") / "console.log")
     yield server
-    _stop(server)
+    stop(server)
 
 
 @pytest.fixture(scope="session")
@@ -198,7 +136,7 @@ def operator_console(filled, tmp_path_factory):
     """The console with LORAFLEET_CONSOLE_TOKEN configured."""
     server = _start_console(filled, TOKEN, tmp_path_factory.mktemp("logs") / "operator-console.log")
     yield server
-    _stop(server)
+    stop(server)
 
 
 @pytest.fixture
@@ -212,7 +150,7 @@ def console_for(tmp_path):
 
     yield start
     for server in servers:
-        _stop(server)
+        stop(server)
 
 
 @pytest.fixture(scope="session")
