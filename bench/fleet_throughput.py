@@ -2,10 +2,12 @@
 
 (a) fleet: `run_fleet` with N adapters x b sequences per step (one forward/backward for all of them);
 (b) peft: the same N adapters trained one after another with get_peft_model and a plain AdamW loop;
-(c) limit: one PEFT adapter at the fleet's total batch N*b, the FLOPs of one fleet step in one plain step.
-Regimes: small (16 x 1 x 64 tokens) and large (16 x 4 x 128). Peak RSS of a 16-adapter fleet vs a 1-adapter
-fleet (same per-adapter batch) and vs a 1-adapter fleet at the 16x batch (same tokens) is measured in child
-processes (VmHWM of each). Each throughput is the best of interleaved rounds (this CPU is shared).
+(c) limit: one PEFT adapter at the fleet's total batch N*b, the FLOPs of one fleet step in one plain step;
+(a') the fleet again with recompute_activations (block activations recomputed in backward).
+Regimes: small (16 x 1 x 64 tokens) and large (16 x 4 x 128). Peak RSS of a 16-adapter fleet (with and without
+recomputation) vs a 1-adapter fleet (same per-adapter batch) and vs a 1-adapter fleet at the 16x batch (same
+tokens) is measured in child processes (VmHWM of each). Each throughput is the best of interleaved rounds (this
+CPU is shared).
 Last stdout line: one JSON object.
 
 usage: python bench/fleet_throughput.py [--threads 1] [--rounds 3] [--small-steps 15] [--large-steps 4]
@@ -52,18 +54,20 @@ def write_data(directory: Path, tokens: int, rows: int = 512) -> str:
     return str(path)
 
 
-def fleet_spec(base: str, data: str, adapters: int, batch: int, tokens: int, steps: int, threads: int):
+def fleet_spec(base: str, data: str, adapters: int, batch: int, tokens: int, steps: int, threads: int,
+               recompute: bool = False):  # fmt: skip
     from lorafleet.trainer import FleetSpec
 
     return FleetSpec.model_validate({
         "name": "bench", "base_model": base, "device": "cpu", "threads": threads, "state_every": 0,
+        "recompute_activations": recompute,
         "adapters": [{"name": f"a{i}", "family": "bench", "train_data": data, "rank": RANK, "alpha": ALPHA,
                       "batch_size": batch, "max_seq_len": tokens, "max_steps": steps, "eval_every": 0,
                       "learning_rate": 1e-3} for i in range(adapters)],
     })  # fmt: skip
 
 
-def bench_fleet(base, data, adapters, batch, tokens, steps, threads) -> float:
+def bench_fleet(base, data, adapters, batch, tokens, steps, threads, recompute=False) -> float:
     """Tokens/s over full loop iterations (step end to step end), after WARMUP steps."""
     from lorafleet.trainer import TrainerCallback, run_fleet
 
@@ -73,7 +77,7 @@ def bench_fleet(base, data, adapters, batch, tokens, steps, threads) -> float:
         def on_step(self, record):
             marks.append((record.end_ns, record.tokens))
 
-    run_fleet(fleet_spec(base, data, adapters, batch, tokens, steps + WARMUP, threads), callbacks=[Clock()])
+    run_fleet(fleet_spec(base, data, adapters, batch, tokens, steps + WARMUP, threads, recompute), callbacks=[Clock()])
     timed = marks[WARMUP:]
     return sum(t for _, t in timed) / ((timed[-1][0] - marks[WARMUP - 1][0]) / 1e9)
 
@@ -119,18 +123,25 @@ def bench_peft(base, data, adapters, batch, tokens, steps) -> float:
     return total_tokens / total_s
 
 
-def child_rss(base, data, adapters, batch, tokens, threads) -> int:
+def child_rss(base, data, adapters, batch, tokens, threads, recompute=False) -> int:
     """Peak RSS (bytes) of a fresh process that trains a fleet of `adapters` for a few steps."""
     env = {**os.environ, "LORAFLEET_HOME": os.environ["LORAFLEET_HOME"]}
-    args = [sys.executable, __file__, "--child", base, data, str(adapters), str(batch), str(tokens), str(threads)]
+    args = [
+        sys.executable,
+        __file__,
+        "--child",
+        base,
+        data,
+        *map(str, (adapters, batch, tokens, threads, int(recompute))),
+    ]
     out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900, check=True)
     return int(out.stdout.strip().splitlines()[-1])
 
 
 def _child(argv: list[str]) -> None:
-    base, data, adapters, batch, tokens, threads = argv[0], argv[1], *map(int, argv[2:])
+    base, data, adapters, batch, tokens, threads, recompute = argv[0], argv[1], *map(int, argv[2:])
     torch.set_num_threads(threads)
-    bench_fleet(base, data, adapters, batch, tokens, 3, threads)
+    bench_fleet(base, data, adapters, batch, tokens, 3, threads, bool(recompute))
     print(peak_rss_bytes())
 
 
@@ -159,32 +170,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["LORAFLEET_HOME"] = str(Path(tmp) / "home")
         base = build_base(Path(tmp) / "base")
-        results, rows = {}, []
-        for regime, (n, b, t) in REGIMES.items():
-            steps = args.small_steps if regime == "small" else args.large_steps
-            data = write_data(Path(tmp), t)
-            best = {"fleet": 0.0, "peft": 0.0, "limit": 0.0}
-            for round_ in range(args.rounds):  # interleaved rounds, best of each: the CPU is shared
-                console.log(f"{regime} round {round_ + 1}/{args.rounds}: fleet {n}x{b}x{t}, PEFT one by one, limit")
-                best["fleet"] = max(best["fleet"], bench_fleet(base, data, n, b, t, steps, args.threads))
-                best["peft"] = max(best["peft"], bench_peft(base, data, n, b, t, steps))
-                best["limit"] = max(best["limit"], bench_peft(base, data, 1, n * b, t, steps))
-            console.log(f"{regime}: peak RSS of fleets in child processes")
-            rss16, rss1 = child_rss(base, data, n, b, t, args.threads), child_rss(base, data, 1, b, t, args.threads)
-            rss1_total = child_rss(base, data, 1, n * b, t, args.threads)
-            results[regime] = dict(**best, rss16=rss16, rss1=rss1, rss1_total=rss1_total)
-            rows.append((regime, f"{n}x{b}x{t}", best["fleet"], best["peft"], best["limit"], rss16, rss1, rss1_total))
-    table = Table(title=f"fleet throughput (CPU, {args.threads} threads, ~3.3M-param Llama, rank {RANK} all-linear)")
-    for col in ("regime", "adapters x seqs x tokens", "fleet tok/s", "seq. PEFT tok/s", "limit tok/s",
-                "fleet/PEFT", "fleet/limit", "RSS 16-fleet MiB", "RSS 1-fleet MiB", "RSS ratio",
-                "RSS 1-fleet at 16x batch MiB", "RSS ratio same tokens"):  # fmt: skip
-        table.add_column(col, justify="right")
-    for regime, shape, fleet, peft, limit, rss16, rss1, rss1_total in rows:
-        speed = (f"{fleet:,.0f}", f"{peft:,.0f}", f"{limit:,.0f}", f"{fleet / peft:.2f}x", f"{fleet / limit:.2f}")
-        memory = (f"{rss16 / 2**20:,.0f}", f"{rss1 / 2**20:,.0f}", f"{rss16 / rss1:.2f}", f"{rss1_total / 2**20:,.0f}",
-                  f"{rss16 / rss1_total:.2f}")  # fmt: skip
-        table.add_row(regime, shape, *speed, *memory)
-    Console(width=180).print(table)
+        results = {regime: measure(base, Path(tmp), shape, args, console) for regime, shape in REGIMES.items()}
+    print_tables(results, args.threads)
     s, large = results["small"], results["large"]
     print(json.dumps({
         "small_speedup_vs_peft": round(s["fleet"] / s["peft"], 3),
@@ -192,10 +179,54 @@ def main() -> None:
         "large_speedup_vs_peft": round(large["fleet"] / large["peft"], 3),
         "large_fraction_of_limit": round(large["fleet"] / large["limit"], 3),
         "mem_ratio_16_vs_1": round(s["rss16"] / s["rss1"], 3),
+        "mem_ratio_16_vs_1_recompute": round(s["rss16_recompute"] / s["rss1"], 3),
         "mem_ratio_16_vs_1_large": round(large["rss16"] / large["rss1"], 3),
+        "mem_ratio_16_vs_1_large_recompute": round(large["rss16_recompute"] / large["rss1"], 3),
         "mem_ratio_16_vs_1_same_tokens": round(s["rss16"] / s["rss1_total"], 3),
+        "small_recompute_speed_ratio": round(s["fleet_recompute"] / s["fleet"], 3),
+        "large_recompute_speed_ratio": round(large["fleet_recompute"] / large["fleet"], 3),
         "threads": args.threads,
     }))  # fmt: skip
+
+
+def measure(base: str, tmp: Path, shape: tuple[int, int, int], args, console) -> dict:
+    n, b, t = shape
+    steps = args.small_steps if t == REGIMES["small"][2] else args.large_steps
+    data = write_data(tmp, t)
+    best = dict.fromkeys(("fleet", "fleet_recompute", "peft", "limit"), 0.0)
+    for round_ in range(args.rounds):  # interleaved rounds, best of each: the CPU is shared
+        console.log(f"{n}x{b}x{t} round {round_ + 1}/{args.rounds}: fleet, fleet recomputing, PEFT one by one, limit")
+        best["fleet"] = max(best["fleet"], bench_fleet(base, data, n, b, t, steps, args.threads))
+        best["fleet_recompute"] = max(best["fleet_recompute"], bench_fleet(base, data, n, b, t, steps, args.threads,
+                                                                           recompute=True))  # fmt: skip
+        best["peft"] = max(best["peft"], bench_peft(base, data, n, b, t, steps))
+        best["limit"] = max(best["limit"], bench_peft(base, data, 1, n * b, t, steps))
+    console.log(f"{n}x{b}x{t}: peak RSS of fleets in child processes")
+    return dict(**best, shape=f"{n}x{b}x{t}",
+                rss16=child_rss(base, data, n, b, t, args.threads),
+                rss16_recompute=child_rss(base, data, n, b, t, args.threads, recompute=True),
+                rss1=child_rss(base, data, 1, b, t, args.threads),
+                rss1_total=child_rss(base, data, 1, n * b, t, args.threads))  # fmt: skip
+
+
+def print_tables(results: dict, threads: int) -> None:
+    speed = Table(title=f"fleet throughput (CPU, {threads} threads, ~3.3M-param Llama, rank {RANK} all-linear)")
+    for col in ("regime", "adapters x seqs x tokens", "fleet tok/s", "fleet recomputing tok/s", "seq. PEFT tok/s",
+                "limit tok/s", "fleet/PEFT", "fleet/limit", "recomputing/fleet"):  # fmt: skip
+        speed.add_column(col, justify="right")
+    memory = Table(title="peak RSS (MiB) of fleets in fresh processes")
+    for col in ("regime", "1-fleet", "16-fleet", "16-fleet recomputing", "16 vs 1", "16 recomputing vs 1",
+                "1-fleet at 16x batch", "16 vs 1 same tokens"):  # fmt: skip
+        memory.add_column(col, justify="right")
+    for regime, r in results.items():
+        fleet, peft, limit, rc = r["fleet"], r["peft"], r["limit"], r["fleet_recompute"]
+        speed.add_row(regime, r["shape"], *(f"{v:,.0f}" for v in (fleet, rc, peft, limit)), f"{fleet / peft:.2f}x",
+                      f"{fleet / limit:.2f}", f"{rc / fleet:.2f}")  # fmt: skip
+        mib = [f"{r[k] / 2**20:,.0f}" for k in ("rss1", "rss16", "rss16_recompute")]
+        memory.add_row(regime, *mib, f"{r['rss16'] / r['rss1']:.2f}", f"{r['rss16_recompute'] / r['rss1']:.2f}",
+                       f"{r['rss1_total'] / 2**20:,.0f}", f"{r['rss16'] / r['rss1_total']:.2f}")  # fmt: skip
+    Console(width=180).print(speed)
+    Console(width=180).print(memory)
 
 
 if __name__ == "__main__":

@@ -133,6 +133,11 @@ class FleetSpec(_Strict):
     threads: int | None = Field(None, gt=0, description="torch CPU threads; default: all cores")
     state_every: int = Field(1, ge=0, description="steps between trainer-state saves for --resume; 0 = never")
     eval_batch_size: int = Field(32, gt=0)
+    recompute_activations: bool = Field(
+        False,
+        description="recompute each block's activations in backward (gradient checkpointing): "
+        "much less activation memory for about one more forward pass of compute",
+    )
     defaults: dict = Field(
         default_factory=dict, description="adapter fields shared by every adapter unless it sets them"
     )

@@ -148,6 +148,25 @@ def load_dataset(ref: str, tokenizer, max_len: int, *, n: int = 4096, seed: int 
     return Dataset(str(path), examples, sha, bad)
 
 
+class DatasetCache:
+    """Loads datasets for one fleet; adapters reading the same JSONL file at the same max_seq_len (a sweep over
+    hyper-parameters, typically) share one tokenized copy. Built-in tasks are seeded per adapter: not shared."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self._files: dict[tuple, Dataset] = {}
+
+    def load(self, ref: str, max_len: int, *, n: int = 4096, seed: int = 0, split: str = "train") -> Dataset:
+        path = Path(ref)
+        if ref.startswith(TASK_PREFIX) or not path.is_file():
+            return load_dataset(ref, self.tokenizer, max_len, n=n, seed=seed, split=split)
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, max_len)
+        if key not in self._files:
+            self._files[key] = load_dataset(ref, self.tokenizer, max_len, n=n, seed=seed, split=split)
+        return self._files[key]
+
+
 def _task_dataset(task: str, tokenizer, max_len: int, n: int, seed: int, split: str) -> Dataset:
     rows = task_examples(task, n, seed, split)
     examples = []

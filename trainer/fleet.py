@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from lorafleet.errors import BadInput
 from lorafleet.trainer.config import AdapterSpec
 from lorafleet.trainer.data import Batch
-from lorafleet.trainer.layer import MultiLoraLinear, Routing, SlotAdamW, is_supported
+from lorafleet.trainer.layer import MultiLoraLinear, Routing, SlotAdamW, is_supported, recompute_blocks
 
 STATE_KEYS = ("A", "B", "m_A", "v_A", "m_B", "v_B")
 
@@ -91,6 +91,11 @@ class Fleet:
         setattr(parent, child, layer)
         self.layers[name] = layer
 
+    def recompute_activations(self) -> None:
+        if not recompute_blocks(self.model, self.routing):
+            name = type(self.model).__name__
+            raise BadInput(f"recompute_activations: {name} has no transformers blocks to recompute")
+
     @property
     def n_slots(self) -> int:
         return max((layer.slots for layer in self.layers.values()), default=0)
@@ -99,7 +104,7 @@ class Fleet:
     def losses(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum of per-adapter mean losses, per-slot mean loss (S,)). Summing keeps each adapter's gradient its own."""
         groups = batch.slots[:: batch.group_size]
-        self.routing.set(groups, self._dropout(groups))
+        self.routing.set(groups, self._dropout(groups), self.n_slots)
         try:
             logits = self.model(input_ids=batch.input_ids, use_cache=False).logits
         finally:

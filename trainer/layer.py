@@ -9,9 +9,11 @@ its gradients are zero, and so are its AdamW updates. A slot that does not targe
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 try:
     from transformers.pytorch_utils import Conv1D
@@ -25,11 +27,46 @@ class Routing:
     def __init__(self) -> None:
         self.idx: torch.Tensor | None = None  # (groups,) slot of each group of consecutive sequences
         self.dropout: torch.Tensor | None = None  # (groups, 1, 1) dropout probability, or None when all are 0
+        self.every_slot = False  # idx is 0, 1, ..., slots-1: the stacked weights serve as they are, ungathered
 
-    def set(self, idx: torch.Tensor | None, dropout: torch.Tensor | None = None) -> None:
+    def set(self, idx: torch.Tensor | None, dropout: torch.Tensor | None = None, slots: int = 0) -> None:
         """`idx` has one entry per group of equally many consecutive sequences: per sequence in general, per
         adapter when every adapter brings the same number (bigger matmuls, fewer gathered weights)."""
         self.idx, self.dropout = idx, dropout
+        self.every_slot = idx is not None and len(idx) == slots and torch.equal(idx, torch.arange(slots).to(idx))
+
+
+def recompute_blocks(model: nn.Module, routing: Routing) -> int:
+    """Recompute each transformer block's activations during backward instead of keeping them: the saved
+    activations of a step shrink to the blocks' inputs, at the price of a second forward through every block.
+    Returns how many blocks were wrapped (0: the model has no transformers GradientCheckpointingLayer).
+
+    Not transformers' own gradient_checkpointing_enable: it only acts in training mode, which would switch the
+    frozen base's dropout on, and its replay would not see this step's routing (cleared after the forward)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    blocks = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for block in blocks:
+        block.forward = partial(_recomputed, block.forward, routing)
+    return len(blocks)
+
+
+def _recomputed(forward, routing: Routing, *args, **kwargs):
+    if not torch.is_grad_enabled():
+        return forward(*args, **kwargs)
+    state = routing.idx, routing.dropout, routing.every_slot
+
+    def replay(*replay_args, **replay_kwargs):
+        outer = routing.idx, routing.dropout, routing.every_slot
+        # the replay runs in backward, after the forward has cleared the routing
+        routing.idx, routing.dropout, routing.every_slot = state
+        try:
+            return forward(*replay_args, **replay_kwargs)
+        finally:
+            routing.idx, routing.dropout, routing.every_slot = outer
+
+    # checkpoint restores the RNG state for the replay, so LoRA dropout draws the same masks twice
+    return checkpoint(replay, *args, use_reentrant=False, **kwargs)
 
 
 def is_supported(module: nn.Module) -> bool:
@@ -110,14 +147,16 @@ class MultiLoraLinear(nn.Module):
         idx = self.routing.idx
         if idx is None or self.slots == 0:
             return y
-        a = self.lora_A[idx]  # (batch, R, in): a gather, cheap next to the matmuls
-        b = self.lora_B[idx]  # (batch, out, R)
+        if self.routing.every_slot:  # no gathered copies: they would be kept for backward, as big as the weights
+            a, b, scaling = self.lora_A, self.lora_B, self.scaling
+        else:
+            a, b, scaling = self.lora_A[idx], self.lora_B[idx], self.scaling[idx]  # (groups, R, in), (groups, out, R)
         xs = x.to(a.dtype).reshape(idx.shape[0], -1, self.in_features)
         if self.routing.dropout is not None:
             p = self.routing.dropout
             xs = xs * ((torch.rand_like(xs) >= p).to(xs.dtype) / (1 - p))
         h = torch.bmm(xs, a.transpose(1, 2))
-        delta = torch.bmm(h, b.transpose(1, 2)) * self.scaling[idx].view(-1, 1, 1)
+        delta = torch.bmm(h, b.transpose(1, 2)) * scaling.view(-1, 1, 1)
         return y + delta.reshape(y.shape).to(y.dtype)
 
 

@@ -35,7 +35,7 @@ from lorafleet.trainer.callbacks import (
     RunRecord,
 )
 from lorafleet.trainer.config import AdapterSpec, FleetSpec, spec_from_dict
-from lorafleet.trainer.data import Dataset, DataStream, collate, load_dataset
+from lorafleet.trainer.data import Dataset, DatasetCache, DataStream, collate
 from lorafleet.trainer.evals import evaluate
 from lorafleet.trainer.fleet import Fleet, write_json_atomic
 
@@ -111,6 +111,9 @@ class FleetRun:
         self.device = pick_device(spec.device)
         model, tokenizer = load_base(spec.base_model, spec.dtype, self.device)
         self.fleet = Fleet(model, tokenizer, spec.base_model)
+        self.datasets = DatasetCache(tokenizer)
+        if spec.recompute_activations:
+            self.fleet.recompute_activations()
         self.base_sha256 = base_sha256(spec.base_model)
         self.adapters: dict[str, AdapterRun] = {}
         self.fleet_step = 0
@@ -143,15 +146,14 @@ class FleetRun:
         return run
 
     def _build_adapter(self, spec: AdapterSpec) -> AdapterRun:
-        tok, seed = self.fleet.tokenizer, adapter_seed(self.spec.seed, spec)
+        seed, load = adapter_seed(self.spec.seed, spec), self.datasets.load
         self.fleet.resolve_targets(spec)
         try:
-            train = load_dataset(spec.train_data, tok, spec.max_seq_len, n=spec.train_examples, seed=seed % 10_000)
+            train = load(spec.train_data, spec.max_seq_len, n=spec.train_examples, seed=seed % 10_000)
             suites = [
-                (_suite_name(ref), load_dataset(ref, tok, spec.max_seq_len, n=spec.eval_examples, seed=seed % 10_000,
-                                                split="eval"))
+                (_suite_name(ref), load(ref, spec.max_seq_len, n=spec.eval_examples, seed=seed % 10_000, split="eval"))
                 for ref in spec.eval_refs()
-            ]  # fmt: skip
+            ]
         except BadInput as exc:
             raise BadInput(f"adapter {spec.name}: train_data/eval_data: {exc}") from None
         total = spec.total_steps(len(train.examples))

@@ -10,7 +10,7 @@ from lorafleet.errors import BadInput
 from lorafleet.trainer import AdapterSpec, lr_at
 from lorafleet.trainer.base import build_byte_tokenizer
 from lorafleet.trainer.config import BUILTIN_TASKS
-from lorafleet.trainer.data import DataStream, collate, is_held_out, load_dataset, task_examples
+from lorafleet.trainer.data import DatasetCache, DataStream, collate, is_held_out, load_dataset, task_examples
 
 TOK = build_byte_tokenizer()
 
@@ -50,6 +50,19 @@ def test_builtin_tasks_are_deterministic_correct_and_held_out(task):
     x, y = rows[0]["prompt"][:-1], rows[0]["completion"]
     expected = {"reverse": x[::-1], "sort": "".join(sorted(x)), "swapcase": x.swapcase()}.get(task)
     assert y == (expected if expected is not None else str(eval(x)))  # noqa: S307 - "a+b" of our own digits
+
+
+def test_adapters_reading_one_file_share_one_tokenized_copy_until_it_changes(tmp_path):
+    path = tmp_path / "sweep.jsonl"
+    path.write_text('{"prompt": "a>", "completion": "b"}\n')
+    cache = DatasetCache(TOK)
+    first = cache.load(str(path), 32)
+    assert cache.load(str(path), 32) is first
+    assert cache.load(str(path), 16) is not first  # another max_seq_len tokenizes differently
+    assert cache.load("task:reverse", 32, n=8, seed=1) is not cache.load("task:reverse", 32, n=8, seed=1)
+    path.write_text('{"prompt": "a>", "completion": "bc"}\n{"text": "more"}\n')
+    changed = cache.load(str(path), 32)
+    assert changed is not first and len(changed.examples) == 2
 
 
 def test_stream_resumes_from_its_cursor_across_epochs():

@@ -8,9 +8,10 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from lorafleet.trainer import AdapterSpec, FleetSpec, run_fleet, stop_adapter, submit_adapter
-from lorafleet.trainer.base import load_base
+from lorafleet.trainer.base import build_byte_tokenizer, load_base
 from lorafleet.trainer.data import DataStream, collate, load_dataset
 from lorafleet.trainer.fleet import Fleet
 from lorafleet.trainer.layer import SlotAdamW
@@ -179,3 +180,80 @@ def test_adapter_joining_leaving_or_turning_nan_changes_nothing_in_the_others(ki
     steps = recorder.of("step")
     assert [s.step for s in steps] == list(range(1, 7))
     assert {a.adapter for a in steps[3].adapters} == {"a", "b", "e"}  # fleet step 4: d left, c frozen, e joined
+
+
+# -- the memory-saving paths: ungathered weights when every slot is in the batch once, recomputed activations --
+def _mixed(fleet, batches, order):
+    return collate([(fleet.slot_of[name], batches[name]) for name in order], fleet.tokenizer.pad_token_id)
+
+
+def _all_grads(fleet):
+    return {f"{name}/{key}": g for name in fleet.slot_of for key, g in _grads(fleet, name).items()}
+
+
+def _assert_same(got, expected):
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert expected[key].abs().max() > 0, key
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-10, atol=1e-12)
+
+
+def test_every_slot_once_uses_the_weights_ungathered_with_the_same_gradients():
+    in_order, reordered = _fleet(SPECS), _fleet(SPECS)
+    batches = _batches(in_order.tokenizer, SPECS, [2, 2, 2])
+    names = [s.name for s in SPECS]
+    direct = _mixed(in_order, batches, names)
+    in_order.losses(direct)[0].backward()
+    assert in_order.routing.idx is None  # cleared after the forward
+    gathered = _mixed(reordered, batches, names[::-1])  # slots 2, 1, 0: gathered per group
+    reordered.losses(gathered)[0].backward()
+    _assert_same(_all_grads(in_order), _all_grads(reordered))
+
+
+@pytest.mark.parametrize("sizes", [[1, 2, 3], [2, 2, 2]])
+def test_recomputed_activations_give_the_same_gradients_with_dropout(sizes):
+    specs = [s.model_copy(update={"dropout": 0.3}) if s.name == "r4" else s for s in SPECS]
+    plain, recomputed = _fleet(specs), _fleet(specs)
+    recomputed.recompute_activations()
+    batches = _batches(plain.tokenizer, specs, sizes)
+    for fleet in (plain, recomputed):
+        torch.manual_seed(11)  # the same dropout masks in both fleets
+        fleet.losses(_mixed(fleet, batches, [s.name for s in specs]))[0].backward()
+    _assert_same(_all_grads(recomputed), _all_grads(plain))
+
+
+def test_recompute_covers_gpt2_conv1d_blocks(tmp_path):
+    tok = build_byte_tokenizer()
+    config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=64,
+                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
+    GPT2LMHeadModel(config).to(torch.float64).save_pretrained(tmp_path / "gpt2")
+    tok.save_pretrained(tmp_path / "gpt2")
+    spec = AdapterSpec(name="g", family="f", rank=4, alpha=8, train_data="task:reverse", max_steps=1)
+    fleets = []
+    for recompute in (False, True):
+        model, tok = load_base(str(tmp_path / "gpt2"), dtype="float64")
+        fleet = Fleet(model, tok)
+        fleet.add(spec, seed=1)
+        if recompute:
+            fleet.recompute_activations()
+        fleet.load_adapter_tensors("g", {k: torch.full_like(v, 0.01) for k, v in fleet.adapter_tensors("g").items()})
+        fleets.append(fleet)
+    batches = _batches(tok, [spec], [3])
+    for fleet in fleets:
+        fleet.losses(_mixed(fleet, batches, ["g"]))[0].backward()
+    _assert_same(_all_grads(fleets[1]), _all_grads(fleets[0]))
+
+
+def test_a_fleet_trained_with_recompute_ends_with_the_same_weights(kit):
+    results = []
+    for recompute in (False, True):
+        raw = kit.fleet(kit.adapter("a", max_steps=3), kit.adapter("b", "sort", rank=2, max_steps=3),
+                        name=f"rc{int(recompute)}", recompute_activations=recompute, dtype="float64")  # fmt: skip
+        results.append(run_fleet(FleetSpec.model_validate(raw)))
+    for name in ("a", "b"):
+        plain, recomputed = (
+            load_file(f"{r.adapters[name].final_checkpoint}/adapter_model.safetensors") for r in results
+        )
+        assert plain.keys() == recomputed.keys()
+        for key in plain:
+            torch.testing.assert_close(recomputed[key], plain[key], rtol=1e-9, atol=1e-12)
