@@ -51,4 +51,7 @@ def test_hostile_strings_round_trip_through_runs_adapters_and_evals(store):
         assert runs.get_run(store, name)["spec"] == {"k": name}
         assert runs.get_adapter(store, name, name)["config"] == {"lr": name}
         assert evals.eval_summary(store, name, name)[0]["suite"] == name
+        runs.upsert_adapters(store, [runs.AdapterRow(run_id=name, adapter=name, status="finished")])  # an update
     assert len(runs.list_runs(store)) == 8
+    picked = HOSTILE[:3]
+    assert runs.adapter_keys(store, picked) == sorted((n, n) for n in picked)  # one key per adapter, in order

@@ -86,6 +86,11 @@ def fleet_table(run_ids: tuple[str, ...]) -> pd.DataFrame:
 
 
 @st.cache_data(ttl=LIVE_TTL, show_spinner=False)
+def adapter_keys(run_ids: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    return tuple(runs.adapter_keys(_store(), list(run_ids)))
+
+
+@st.cache_data(ttl=LIVE_TTL, show_spinner=False)
 def sparklines(keys: tuple[tuple[str, str], ...], metric: str = "loss", points: int = 30) -> dict:
     rows = metrics.sparklines(_store(), list(keys), metric, points)
     return {(r["run_id"], r["adapter"]): [float(v) for v in r["values"]] for r in rows}

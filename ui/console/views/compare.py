@@ -17,16 +17,23 @@ COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e3
 
 def render() -> None:
     st.title("Compare")
-    with data.page_session():
+    selection, curves = st.container(), st.container()
+    with curves:
+        st.subheader("Curves")
+        controls, chart = st.container(), st.empty()
+        # An empty chart frame first: the browser starts loading the plotly bundle (about a second's work on a
+        # small machine) while the queries run, instead of after them. The curves replace it.
+        chart.plotly_chart(_skeleton(), width="stretch", config={"staticPlot": True})
+    with data.page_session(), selection:
         keys = _render_selection()
         if len(keys) < 2:
-            st.info("Pick at least two adapters or versions to compare.")
+            chart.info("Pick at least two adapters or versions to compare.")
             return
         names = sorted(set().union(*(data.metric_names((run,)) for run in {k[0] for k in keys})))
         wanted = [m for m in data.CURVE_METRICS if m in names] + [m for m in names if m.startswith("eval/")]
         frame = data.curves(tuple(keys), tuple(wanted))
         configs = data.adapter_configs(tuple(keys))
-    _render_curves(keys, frame, wanted)
+    _render_curves(controls, chart, keys, frame, wanted)
     _render_config_diff(keys, configs)
     with data.page_session():
         _render_examples(keys)
@@ -44,8 +51,7 @@ def _render_selection() -> list[tuple[str, str]]:
     if runs.empty:
         return []
     run_ids = st.multiselect("Runs", runs["run_id"].tolist(), default=runs["run_id"].head(1).tolist(), key="cmp_runs")
-    table = data.fleet_table(tuple(run_ids)) if run_ids else pd.DataFrame()
-    options = list(data.keys_of(table))
+    options = list(data.adapter_keys(tuple(run_ids))) if run_ids else []
     return st.multiselect("Adapters", options, default=options[:2], format_func=label, key="cmp_adapters")
 
 
@@ -64,14 +70,21 @@ def _select_versions() -> list[tuple[str, str]]:
     return [by_version[v] for v in picked]
 
 
-def _render_curves(keys: list[tuple[str, str]], frame: pd.DataFrame, wanted: list[str]) -> None:
-    st.subheader("Curves")
+def _skeleton() -> go.Figure:
+    hidden = {"visible": False}
+    note = {"text": "loading curves…", "showarrow": False}
+    margin = {"l": 10, "r": 10, "t": 10, "b": 10}
+    return go.Figure(layout={"height": 300, "margin": margin, "xaxis": hidden, "yaxis": hidden, "annotations": [note]})
+
+
+def _render_curves(controls, chart, keys: list[tuple[str, str]], frame: pd.DataFrame, wanted: list[str]) -> None:
     if frame.empty:
-        st.info("No metrics recorded for these adapters yet.")
+        chart.info("No metrics recorded for these adapters yet.")
         return
-    axis = st.radio("x axis", ["step", "time"], horizontal=True, key="cmp_axis")
+    axis = controls.radio("x axis", ["step", "time"], horizontal=True, key="cmp_axis")
     present = [m for m in wanted if (frame["metric"] == m).any()]
-    st.plotly_chart(_figure(keys, frame, present, "step" if axis == "step" else "ts"), width="stretch", key="cmp_fig")
+    figure = _figure(keys, frame, present, "step" if axis == "step" else "ts")
+    chart.plotly_chart(figure, width="stretch", key="cmp_fig")
 
 
 def _figure(keys: list[tuple[str, str]], frame: pd.DataFrame, present: list[str], x: str) -> go.Figure:
