@@ -6,8 +6,9 @@
 (a') the fleet again with recompute_activations (block activations recomputed in backward).
 Regimes: small (16 x 1 x 64 tokens) and large (16 x 4 x 128). Peak RSS of a 16-adapter fleet (with and without
 recomputation) vs a 1-adapter fleet (same per-adapter batch) and vs a 1-adapter fleet at the 16x batch (same
-tokens) is measured in child processes (VmHWM of each). Each throughput is the best of interleaved rounds (this
-CPU is shared).
+tokens) is measured in child processes (VmHWM of each); the recomputing ratio is measured again with glibc
+unmapping freed buffers, which shows the memory live rather than kept by the allocator. Each throughput is the
+best of interleaved rounds (this CPU is shared).
 Last stdout line: one JSON object.
 
 usage: python bench/fleet_throughput.py [--threads 1] [--rounds 3] [--small-steps 15] [--large-steps 4]
@@ -123,9 +124,14 @@ def bench_peft(base, data, adapters, batch, tokens, steps) -> float:
     return total_tokens / total_s
 
 
-def child_rss(base, data, adapters, batch, tokens, threads, recompute=False) -> int:
+# glibc keeps freed activation buffers on its heap (its mmap threshold rises after the first free): with a fixed
+# threshold it unmaps them, so peak RSS shows the memory actually live (at a large speed cost; a diagnostic).
+RETURNING_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def child_rss(base, data, adapters, batch, tokens, threads, recompute=False, env_extra=None) -> int:
     """Peak RSS (bytes) of a fresh process that trains a fleet of `adapters` for a few steps."""
-    env = {**os.environ, "LORAFLEET_HOME": os.environ["LORAFLEET_HOME"]}
+    env = {**os.environ, "LORAFLEET_HOME": os.environ["LORAFLEET_HOME"], **(env_extra or {})}
     args = [
         sys.executable,
         __file__,
@@ -183,6 +189,7 @@ def main() -> None:
         "mem_ratio_16_vs_1_large": round(large["rss16"] / large["rss1"], 3),
         "mem_ratio_16_vs_1_large_recompute": round(large["rss16_recompute"] / large["rss1"], 3),
         "mem_ratio_16_vs_1_same_tokens": round(s["rss16"] / s["rss1_total"], 3),
+        "mem_ratio_16_vs_1_recompute_live": round(s["rss16_recompute_live"] / s["rss1_live"], 3),
         "small_recompute_speed_ratio": round(s["fleet_recompute"] / s["fleet"], 3),
         "large_recompute_speed_ratio": round(large["fleet_recompute"] / large["fleet"], 3),
         "threads": args.threads,
@@ -206,7 +213,10 @@ def measure(base: str, tmp: Path, shape: tuple[int, int, int], args, console) ->
                 rss16=child_rss(base, data, n, b, t, args.threads),
                 rss16_recompute=child_rss(base, data, n, b, t, args.threads, recompute=True),
                 rss1=child_rss(base, data, 1, b, t, args.threads),
-                rss1_total=child_rss(base, data, 1, n * b, t, args.threads))  # fmt: skip
+                rss1_total=child_rss(base, data, 1, n * b, t, args.threads),
+                rss1_live=child_rss(base, data, 1, b, t, args.threads, env_extra=RETURNING_MALLOC),
+                rss16_recompute_live=child_rss(base, data, n, b, t, args.threads, recompute=True,
+                                               env_extra=RETURNING_MALLOC))  # fmt: skip
 
 
 def print_tables(results: dict, threads: int) -> None:
@@ -216,7 +226,7 @@ def print_tables(results: dict, threads: int) -> None:
         speed.add_column(col, justify="right")
     memory = Table(title="peak RSS (MiB) of fleets in fresh processes")
     for col in ("regime", "1-fleet", "16-fleet", "16-fleet recomputing", "16 vs 1", "16 recomputing vs 1",
-                "1-fleet at 16x batch", "16 vs 1 same tokens"):  # fmt: skip
+                "1-fleet at 16x batch", "16 vs 1 same tokens", "same, freed memory unmapped"):  # fmt: skip
         memory.add_column(col, justify="right")
     for regime, r in results.items():
         fleet, peft, limit, rc = r["fleet"], r["peft"], r["limit"], r["fleet_recompute"]
@@ -224,7 +234,8 @@ def print_tables(results: dict, threads: int) -> None:
                       f"{fleet / limit:.2f}", f"{rc / fleet:.2f}")  # fmt: skip
         mib = [f"{r[k] / 2**20:,.0f}" for k in ("rss1", "rss16", "rss16_recompute")]
         memory.add_row(regime, *mib, f"{r['rss16'] / r['rss1']:.2f}", f"{r['rss16_recompute'] / r['rss1']:.2f}",
-                       f"{r['rss1_total'] / 2**20:,.0f}", f"{r['rss16'] / r['rss1_total']:.2f}")  # fmt: skip
+                       f"{r['rss1_total'] / 2**20:,.0f}", f"{r['rss16'] / r['rss1_total']:.2f}",
+                       f"{r['rss16_recompute_live'] / r['rss1_live']:.2f}")  # fmt: skip
     Console(width=180).print(speed)
     Console(width=180).print(memory)
 
