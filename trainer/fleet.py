@@ -43,6 +43,7 @@ class Fleet:
         self.slot_of: dict[str, int] = {}
         self.specs: dict[str, AdapterSpec] = {}
         self.targets: dict[str, list[str]] = {}
+        self.seeds: dict[str, int] = {}
         self.optimizer = SlotAdamW([])
 
     # -- adapters -----------------------------------------------------------------------------------------------
@@ -73,6 +74,7 @@ class Fleet:
             layer.init_slot(slot, spec.rank, spec.scaling if name in targets else 0.0, generator)
         self.optimizer.layers = list(self.layers.values())
         self.slot_of[spec.name], self.specs[spec.name], self.targets[spec.name] = slot, spec, targets
+        self.seeds[spec.name] = seed
         return slot
 
     def remove(self, name: str) -> None:
@@ -80,14 +82,14 @@ class Fleet:
         slot = self.slot_of.pop(name)
         for layer in self.layers.values():
             layer.scaling[slot] = 0.0
-        del self.specs[name], self.targets[name]
+        del self.specs[name], self.targets[name], self.seeds[name]
 
     def _wrap(self, name: str) -> None:
         if name in self.layers:
             return
         parent_name, _, child = name.rpartition(".")
         parent = self.model.get_submodule(parent_name) if parent_name else self.model
-        layer = MultiLoraLinear(self.candidates[name], self.routing, self.lora_dtype)
+        layer = MultiLoraLinear(self.candidates[name], self.routing, self.lora_dtype, name)
         setattr(parent, child, layer)
         self.layers[name] = layer
 
@@ -101,10 +103,12 @@ class Fleet:
         return max((layer.slots for layer in self.layers.values()), default=0)
 
     # -- forward ------------------------------------------------------------------------------------------------
-    def losses(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sum of per-adapter mean losses, per-slot mean loss (S,)). Summing keeps each adapter's gradient its own."""
+    def losses(self, batch: Batch, steps: dict[str, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of per-adapter mean losses, per-slot mean loss (S,)). Summing keeps each adapter's gradient its own.
+
+        `steps`: each adapter's own step count, which with its seed picks its dropout masks (0 when absent)."""
         groups = batch.slots[:: batch.group_size]
-        self.routing.set(groups, self._dropout(groups), self.n_slots)
+        self.routing.set(groups, self._dropout_masks(batch, steps or {}), self.n_slots)
         try:
             logits = self.model(input_ids=batch.input_ids, use_cache=False).logits
         finally:
@@ -119,13 +123,35 @@ class Fleet:
         per_slot = slot_sum / slot_count.clamp(min=1)
         return per_slot[slot_count > 0].sum(), per_slot.detach()
 
-    def _dropout(self, slots: torch.Tensor) -> torch.Tensor | None:
-        probs = [0.0] * self.n_slots
-        for name, slot in self.slot_of.items():
-            probs[slot] = self.specs[name].dropout
-        if not any(probs):
+    def _dropout_masks(self, batch: Batch, steps: dict[str, int]) -> dict[str, torch.Tensor] | None:
+        """Each layer's LoRA-dropout mask for the batch, or None when no adapter in it has dropout.
+
+        An adapter's masks come from its own generator, seeded by its seed and step, in a shape set by its own
+        max_seq_len: they do not depend on which other adapters share the batch (joins and leaves change nothing)
+        nor on the padding, and a resumed run draws them again exactly."""
+        rows_of: dict[int, list[int]] = {}
+        for row, slot in enumerate(batch.slots.tolist()):
+            rows_of.setdefault(slot, []).append(row)
+        droppers = [n for n, slot in self.slot_of.items() if self.specs[n].dropout > 0 and slot in rows_of]
+        if not droppers:
             return None
-        return torch.tensor(probs, dtype=self.lora_dtype, device=self.device)[slots].view(-1, 1, 1)
+        n_rows, tokens = batch.input_ids.shape
+        masks: dict[str, torch.Tensor] = {}
+        for name in droppers:
+            spec, rows, layers = self.specs[name], rows_of[self.slot_of[name]], sorted(self.targets[name])
+            widths = [self.layers[layer].in_features for layer in layers]
+            seed = self.seeds[name] * 1_000_003 + steps.get(name, 0)
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+            keep = torch.rand((len(rows), spec.max_seq_len, sum(widths)), generator=generator, device=self.device)
+            drawn = (keep[:, :tokens] >= spec.dropout).to(self.lora_dtype) / (1 - spec.dropout)
+            drawn = F.pad(drawn, (0, 0, 0, tokens - drawn.shape[1]), value=1.0)  # tokens past its max_seq_len
+            for layer, mask in zip(layers, drawn.split(widths, dim=-1), strict=True):
+                full = masks.get(layer)
+                if full is None:
+                    full = masks[layer] = torch.ones(n_rows, tokens, mask.shape[-1], dtype=self.lora_dtype,
+                                                     device=self.device)  # fmt: skip
+                full[rows] = mask
+        return masks
 
     def logits(self, input_ids: torch.Tensor, adapter: str | None, **kwargs) -> torch.Tensor:
         """Logits with one adapter active for every row (or none), no grad."""

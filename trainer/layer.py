@@ -26,14 +26,20 @@ class Routing:
 
     def __init__(self) -> None:
         self.idx: torch.Tensor | None = None  # (groups,) slot of each group of consecutive sequences
-        self.dropout: torch.Tensor | None = None  # (groups, 1, 1) dropout probability, or None when all are 0
+        self.masks: dict[str, torch.Tensor] | None = None  # LoRA dropout per layer name: (batch, tokens, in), scaled
         self.every_slot = False  # idx is 0, 1, ..., slots-1: the stacked weights serve as they are, ungathered
 
-    def set(self, idx: torch.Tensor | None, dropout: torch.Tensor | None = None, slots: int = 0) -> None:
+    def set(self, idx: torch.Tensor | None, masks: dict[str, torch.Tensor] | None = None, slots: int = 0) -> None:
         """`idx` has one entry per group of equally many consecutive sequences: per sequence in general, per
         adapter when every adapter brings the same number (bigger matmuls, fewer gathered weights)."""
-        self.idx, self.dropout = idx, dropout
+        self.idx, self.masks = idx, masks
         self.every_slot = idx is not None and len(idx) == slots and torch.equal(idx, torch.arange(slots).to(idx))
+
+    def state(self) -> tuple:
+        return self.idx, self.masks, self.every_slot
+
+    def restore(self, state: tuple) -> None:
+        self.idx, self.masks, self.every_slot = state
 
 
 def recompute_blocks(model: nn.Module, routing: Routing) -> int:
@@ -54,18 +60,16 @@ def recompute_blocks(model: nn.Module, routing: Routing) -> int:
 def _recomputed(forward, routing: Routing, *args, **kwargs):
     if not torch.is_grad_enabled():
         return forward(*args, **kwargs)
-    state = routing.idx, routing.dropout, routing.every_slot
+    state = routing.state()  # the step's slots and dropout masks, so the replay computes exactly the same
 
     def replay(*replay_args, **replay_kwargs):
-        outer = routing.idx, routing.dropout, routing.every_slot
-        # the replay runs in backward, after the forward has cleared the routing
-        routing.idx, routing.dropout, routing.every_slot = state
+        outer = routing.state()
+        routing.restore(state)  # the replay runs in backward, after the forward has cleared the routing
         try:
             return forward(*replay_args, **replay_kwargs)
         finally:
-            routing.idx, routing.dropout, routing.every_slot = outer
+            routing.restore(outer)
 
-    # checkpoint restores the RNG state for the replay, so LoRA dropout draws the same masks twice
     return checkpoint(replay, *args, use_reentrant=False, **kwargs)
 
 
@@ -74,9 +78,9 @@ def is_supported(module: nn.Module) -> bool:
 
 
 class MultiLoraLinear(nn.Module):
-    def __init__(self, base_layer: nn.Module, routing: Routing, lora_dtype: torch.dtype):
+    def __init__(self, base_layer: nn.Module, routing: Routing, lora_dtype: torch.dtype, name: str = ""):
         super().__init__()
-        self.base_layer = base_layer
+        self.base_layer, self.name = base_layer, name
         self.routing = routing
         self.is_conv1d = not isinstance(base_layer, nn.Linear)
         weight = base_layer.weight
@@ -152,9 +156,9 @@ class MultiLoraLinear(nn.Module):
         else:
             a, b, scaling = self.lora_A[idx], self.lora_B[idx], self.scaling[idx]  # (groups, R, in), (groups, out, R)
         xs = x.to(a.dtype).reshape(idx.shape[0], -1, self.in_features)
-        if self.routing.dropout is not None:
-            p = self.routing.dropout
-            xs = xs * ((torch.rand_like(xs) >= p).to(xs.dtype) / (1 - p))
+        mask = self.routing.masks.get(self.name) if self.routing.masks else None
+        if mask is not None:
+            xs = xs * mask.view(xs.shape)
         h = torch.bmm(xs, a.transpose(1, 2))
         delta = torch.bmm(h, b.transpose(1, 2)) * scaling.view(-1, 1, 1)
         return y + delta.reshape(y.shape).to(y.dtype)

@@ -60,7 +60,7 @@ def run_fleet(
             step_start = time.time_ns()
             batch = run.next_batch(active)
             t_data = time.time_ns()
-            total, per_slot = run.fleet.losses(batch)
+            total, per_slot = run.fleet.losses(batch, {a.spec.name: a.step for a in active})
             t_fwd = time.time_ns()
             total.backward()
             t_bwd = time.time_ns()

@@ -149,11 +149,12 @@ def _final_weights(result, name):
 
 @pytest.mark.slow
 def test_adapter_joining_leaving_or_turning_nan_changes_nothing_in_the_others(kit, recorder):
-    keep = [kit.adapter("a", "reverse", max_steps=6, rank=4), kit.adapter("b", "sort", max_steps=6, rank=8,
-                                                                           batch_size=3)]  # fmt: skip
+    # LoRA dropout too: each adapter draws its masks from its own generator, whatever else is in the batch
+    keep = [kit.adapter("a", "reverse", max_steps=6, rank=4, dropout=0.1),
+            kit.adapter("b", "sort", max_steps=6, rank=8, batch_size=3)]  # fmt: skip
     plain = run_fleet(FleetSpec.model_validate(kit.fleet(*keep, dtype="float64")))
     nan = kit.adapter("c", "add", max_steps=6, learning_rate=1e200, grad_clip=None)  # overflows to inf by step 2
-    leaver = kit.adapter("d", "swapcase", max_steps=6)
+    leaver = kit.adapter("d", "swapcase", max_steps=6, dropout=0.2, max_seq_len=48)
     joiner = AdapterSpec.model_validate(kit.adapter("e", "add", max_steps=3, rank=2))
 
     class Changes:
@@ -180,6 +181,33 @@ def test_adapter_joining_leaving_or_turning_nan_changes_nothing_in_the_others(ki
     steps = recorder.of("step")
     assert [s.step for s in steps] == list(range(1, 7))
     assert {a.adapter for a in steps[3].adapters} == {"a", "b", "e"}  # fleet step 4: d left, c frozen, e joined
+
+
+def test_dropout_masks_are_the_adapters_own_and_change_only_its_gradients():
+    specs = [s.model_copy(update={"dropout": 0.3}) if s.name == "r4" else s for s in SPECS]
+    fleet = _fleet(specs)
+    batches = _batches(fleet.tokenizer, specs, [1, 2, 3])
+    mixed = _mixed(fleet, batches, [s.name for s in specs])
+    masks = fleet._dropout_masks(mixed, {"r4": 2})
+    assert sorted(masks) == sorted(fleet.targets["r4"])
+    rows = (mixed.slots == fleet.slot_of["r4"]).nonzero().flatten()
+    others = (mixed.slots != fleet.slot_of["r4"]).nonzero().flatten()
+    for mask in masks.values():
+        assert torch.all(mask[others] == 1)
+        dropped = (mask[rows] == 0).double().mean().item()
+        assert 0.25 < dropped < 0.35
+    again = fleet._dropout_masks(_mixed(fleet, batches, ["r4"]), {"r4": 2})  # alone: the same masks
+    for name, mask in masks.items():
+        torch.testing.assert_close(again[name][:, : mask.shape[1]], mask[rows][:, : again[name].shape[1]])
+    assert not torch.equal(fleet._dropout_masks(mixed, {"r4": 3})[name], mask)  # the next step draws anew
+
+    without = _fleet(SPECS)
+    for f in (fleet, without):
+        f.losses(_mixed(f, batches, [s.name for s in specs]), {"r4": 2})[0].backward()
+    with_grads, without_grads = _all_grads(fleet), _all_grads(without)
+    for key in with_grads:
+        same = torch.allclose(with_grads[key], without_grads[key], rtol=1e-10, atol=1e-12)
+        assert same == (not key.startswith("r4/")), key
 
 
 # -- the memory-saving paths: ungathered weights when every slot is in the batch once, recomputed activations --
@@ -216,9 +244,8 @@ def test_recomputed_activations_give_the_same_gradients_with_dropout(sizes):
     plain, recomputed = _fleet(specs), _fleet(specs)
     recomputed.recompute_activations()
     batches = _batches(plain.tokenizer, specs, sizes)
-    for fleet in (plain, recomputed):
-        torch.manual_seed(11)  # the same dropout masks in both fleets
-        fleet.losses(_mixed(fleet, batches, [s.name for s in specs]))[0].backward()
+    for fleet in (plain, recomputed):  # the replay must apply the step's masks again
+        fleet.losses(_mixed(fleet, batches, [s.name for s in specs]), {"r4": 5})[0].backward()
     _assert_same(_all_grads(recomputed), _all_grads(plain))
 
 
