@@ -41,6 +41,7 @@ CHANGE_STATUS = {
     "quarantine": "quarantined",
     "early_stop": "early_stopped",
     "finish": "finished",
+    "rejected": "rejected",
 }
 
 

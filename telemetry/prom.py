@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from lorafleet.errors import BadInput
 from lorafleet.trainer.callbacks import EvalRecord, StepRecord
 
-ADAPTER_STATES = ("running", "stopped", "quarantined", "early_stopped", "finished")
+ADAPTER_STATES = ("running", "stopped", "quarantined", "early_stopped", "finished", "rejected")
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 

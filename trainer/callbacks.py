@@ -99,7 +99,7 @@ class FleetChange:
     run_id: str
     step: int  # fleet step at which the change took effect
     adapter: str
-    kind: str  # "join" | "leave" | "quarantine" | "early_stop" | "finish"
+    kind: str  # "join" | "leave" | "quarantine" | "early_stop" | "finish" | "rejected" (a submit it cannot take)
     reason: str = ""
     value: float | None = None  # e.g. the non-finite loss that caused a quarantine
     adapter_info: AdapterInfo | None = None  # set for "join"

@@ -222,7 +222,17 @@ class FleetRun:
                     self.retire(self.adapters[command["adapter"]], "stopped", "leave", "stopped by request")
             except (BadInput, ValueError) as exc:
                 log.warning("control command %s rejected: %s", path.name, exc)
+                self._reject(command, exc)
             self.applied_commands.append(path)
+
+    def _reject(self, command: dict, exc: Exception) -> None:
+        """Report a submitted adapter the fleet cannot take, so `lorafleet adapters` and the console show why."""
+        name = command.get("adapter", {}).get("name") if command.get("action") == "submit" else None
+        try:
+            check_name(name, "adapter name")
+        except BadInput:
+            return  # not even a valid name: the log line above is all there is to say
+        self._change(name, "rejected", str(exc))
 
     def next_batch(self, active: list[AdapterRun]):
         groups = [(self.fleet.slot_of[a.spec.name], a.stream.next_batch()) for a in active]

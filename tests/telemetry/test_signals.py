@@ -73,6 +73,7 @@ def test_run_and_adapter_rows_follow_the_fleet(fleet, store_url, store):
         fleet.change(tel, 2, "beta", "quarantine", reason="non-finite loss")
         fleet.change(tel, 2, "gamma", "early_stop", reason="no improvement in 3 evals")
         fleet.change(tel, 2, "delta", "leave", reason="removed by user")
+        fleet.change(tel, 2, "epsilon", "rejected", reason="target_modules: ['nope'] matches no module")
         fleet.step(tel, 3, active=("alpha",))
         fleet.end(tel, 3)
     rows = {r["adapter"]: r for r in runs.list_adapters(store, [fleet.run_id])}
@@ -81,8 +82,10 @@ def test_run_and_adapter_rows_follow_the_fleet(fleet, store_url, store):
         "beta": "quarantined",
         "gamma": "early_stopped",
         "delta": "stopped",
+        "epsilon": "rejected",
     }
     assert rows["beta"]["status_reason"] == "non-finite loss"
+    assert "matches no module" in rows["epsilon"]["status_reason"]
     assert rows["alpha"]["artifact_path"] == "/tmp/out/alpha/step-2"
     assert rows["alpha"]["step"] == 3 and rows["delta"]["step"] == 1
     assert rows["delta"]["family"] == "fam-delta" and rows["alpha"]["dataset_sha256"] == "sha-alpha"

@@ -156,11 +156,13 @@ def test_adapter_joining_leaving_or_turning_nan_changes_nothing_in_the_others(ki
     nan = kit.adapter("c", "add", max_steps=6, learning_rate=1e200, grad_clip=None)  # overflows to inf by step 2
     leaver = kit.adapter("d", "swapcase", max_steps=6, dropout=0.2, max_seq_len=48)
     joiner = AdapterSpec.model_validate(kit.adapter("e", "add", max_steps=3, rank=2))
+    misfit = AdapterSpec.model_validate(kit.adapter("f", "add", target_modules=["no_such_proj"]))  # fails at join
 
     class Changes:
         def on_step(self, record):
             if record.step == 2:
                 submit_adapter(record.run_id, joiner)
+                submit_adapter(record.run_id, misfit)
                 stop_adapter(record.run_id, "d")
 
         def __getattr__(self, hook):
@@ -174,6 +176,7 @@ def test_adapter_joining_leaving_or_turning_nan_changes_nothing_in_the_others(ki
             torch.testing.assert_close(got[key], want[key], rtol=1e-10, atol=1e-12)
     changes = {(c.adapter, c.kind): c for c in recorder.of("change")}
     assert ("e", "join") in changes and ("d", "leave") in changes and ("e", "finish") in changes
+    assert "target_modules" in changes[("f", "rejected")].reason and "f" not in busy.adapters
     quarantine = changes[("c", "quarantine")]
     assert not math.isfinite(quarantine.value) and "step 2" in quarantine.reason
     assert busy.adapters["c"].status == "quarantined" and busy.adapters["d"].status == "stopped"

@@ -69,6 +69,8 @@ class FleetDisplay(TrainerCallback):
         )
         if change.kind == "quarantine":
             row["status"] = f"quarantined ({change.reason}: {change.value})"
+        elif change.kind == "rejected":
+            row["status"] = f"rejected ({change.reason})"
         self._refresh(force=True)
 
     def on_run_end(self, end: RunEnd) -> None:

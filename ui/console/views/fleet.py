@@ -11,7 +11,7 @@ import streamlit as st
 from lorafleet.ui.console import data
 
 PAGE_SIZE = 50
-STATUSES = ("running", "stopped", "quarantined", "early_stopped", "finished")
+STATUSES = ("running", "stopped", "quarantined", "early_stopped", "finished", "rejected")
 REFRESH_S = 2.0
 
 
