@@ -178,8 +178,8 @@ class SlotAdamW:
         total = None
         for layer in self.layers:
             for p in (layer.lora_A, layer.lora_B):
-                if p.grad is not None:
-                    sq = p.grad.double().pow(2).sum(dim=(1, 2))
+                if p.grad is not None:  # summed in the gradient's dtype, as torch's clip_grad_norm_ does
+                    sq = torch.linalg.vector_norm(p.grad, dim=(1, 2)).double().square()
                     total = sq if total is None else total + sq
         return total
 
@@ -187,7 +187,7 @@ class SlotAdamW:
     def step(self, lr, wd, beta1, beta2, eps, steps, grad_scale, active) -> None:
         """All arguments are (S,) float64 tensors; `steps` is each slot's step count after this update."""
         w1, w2 = (1 - beta1) * active, (1 - beta2) * active
-        vectors = {"keep1": 1 - w1, "keep2": 1 - w2, "w1": w1, "w2": w2, "scale": grad_scale, "eps": eps,
+        vectors = {"keep2": 1 - w2, "w1": w1, "w2": w2, "scale": grad_scale, "eps": eps,
                    "step_size": lr * active / (1 - beta1**steps), "bc2_sqrt": (1 - beta2**steps).sqrt(),
                    "decay": 1 - lr * wd * active}  # fmt: skip
         cache: dict = {}
@@ -199,12 +199,12 @@ class SlotAdamW:
                 if key not in cache:  # converted once per step, not once per layer
                     cache[key] = {k: v.to(device=p.device, dtype=p.dtype).view(-1, 1, 1) for k, v in vectors.items()}
                 c = cache[key]
-                g = p.grad * c["scale"]
+                g = p.grad.mul_(c["scale"])  # in place: the gradient is dropped after the step
                 m, v = layer.state["m_" + name], layer.state["v_" + name]
                 p.mul_(c["decay"])
-                m.mul_(c["keep1"]).add_(g * c["w1"])
-                v.mul_(c["keep2"]).add_(g * g * c["w2"])
-                denom = (v.sqrt() / c["bc2_sqrt"]).add_(c["eps"])
+                m.lerp_(g, c["w1"])  # as torch.optim.AdamW: m + (1 - beta1) * (g - m)
+                v.mul_(c["keep2"]).addcmul_(g, g * c["w2"])
+                denom = v.sqrt().div_(c["bc2_sqrt"]).add_(c["eps"])
                 p.addcdiv_(m * c["step_size"], denom, value=-1.0)
 
     def zero_grad(self) -> None:
