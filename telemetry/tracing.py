@@ -192,7 +192,9 @@ class RunTracer:
             attributes["lorafleet.value"] = float(change.value)
         stamp = change.time_ns or time.time_ns()
         self.run_span.add_event(change.kind, attributes=attributes, timestamp=stamp)
-        self._seen(stamp)
+        # The run span (and its events) is exported only when the run ends; a span of its own shows the change
+        # in the store while the run is live.
+        self._leaf("fleet_change", stamp, stamp, {**attributes, "lorafleet.change": change.kind})
 
     def on_run_end(self, end: RunEnd) -> None:
         self.end_run(end.status, end.step, end.end_ns, end.error)

@@ -32,7 +32,7 @@ def test_run_leaves_one_trace_with_a_consistent_span_tree(fleet, store_url, stor
     assert names.count("run") == 1 and names.count("step") == 6
     for phase in ("data", "forward", "backward", "optimizer"):
         assert names.count(phase) == 6
-    assert names.count("eval") == 1 and names.count("checkpoint") == 1
+    assert names.count("eval") == 1 and names.count("checkpoint") == 1 and names.count("fleet_change") == 4
     run = next(s for s in spans if s["SpanName"] == "run")
     assert sorted(run["EventNames"]) == ["early_stop", "join", "leave", "quarantine"]
     last_step = max(
@@ -43,6 +43,23 @@ def test_run_leaves_one_trace_with_a_consistent_span_tree(fleet, store_url, stor
     evaluation = next(s for s in spans if s["SpanName"] == "eval")
     assert evaluation["SpanAttributes"]["lorafleet.adapter.id"] == "alpha"
     assert evaluation["SpanAttributes"]["lorafleet.eval.exact_match"] == "0.5"
+
+
+def test_fleet_changes_are_in_the_store_while_the_run_is_live(fleet, store_url, store):
+    with Telemetry(store_url) as tel:
+        fleet.start(tel)
+        fleet.step(tel, 1)
+        fleet.change(tel, 1, "beta", "quarantine", reason="non-finite loss", value=math.inf)
+        assert tel.flush(10)
+        rows = store.query_rows(
+            "SELECT SpanName, SpanAttributes AS a FROM otel_traces"
+            " WHERE ResourceAttributes['lorafleet.run.id'] = {r:String}",
+            {"r": fleet.run_id},
+        )
+        changes = [r["a"] for r in rows if r["SpanName"] == "fleet_change"]
+        assert [(c["lorafleet.change"], c["lorafleet.adapter.id"]) for c in changes] == [("quarantine", "beta")]
+        assert "run" not in {r["SpanName"] for r in rows}  # the run span itself is still open
+        fleet.end(tel, 1)
 
 
 def test_span_rows_are_written_as_the_collector_writes_them(fleet, store_url, store):
