@@ -10,6 +10,8 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -19,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from lorafleet.errors import BadInput
 from lorafleet.trainer.config import AdapterSpec
 from lorafleet.trainer.data import Batch
-from lorafleet.trainer.layer import MultiLoraLinear, Routing, SlotAdamW, is_supported, recompute_blocks
+from lorafleet.trainer.layer import MultiLoraLinear, Routing, SlotAdamW, features, is_supported, recompute_blocks
 
 STATE_KEYS = ("A", "B", "m_A", "v_A", "m_B", "v_B")
 
@@ -56,7 +58,7 @@ class Fleet:
                 f"(have e.g. {sorted({n.rsplit('.', 1)[-1] for n in self.candidates})})"
             )
         for name in names:
-            width = min(_features(self.candidates[name]))
+            width = min(features(self.candidates[name]))
             if spec.rank > width:
                 raise BadInput(f"adapter {spec.name}: rank: {spec.rank} exceeds the width {width} of layer {name}")
         return names
@@ -158,20 +160,15 @@ class Fleet:
         with torch.no_grad(), self.active(adapter, input_ids.shape[0]):
             return self.model(input_ids=input_ids, use_cache=False, **kwargs).logits
 
-    def active(self, adapter: str | None, rows: int):
-        fleet = self
-
-        class _Ctx:
-            def __enter__(self):
-                idx = None
-                if adapter is not None:
-                    idx = torch.full((rows,), fleet.slot_of[adapter], dtype=torch.long, device=fleet.device)
-                fleet.routing.set(idx)
-
-            def __exit__(self, *exc):
-                fleet.routing.set(None)
-
-        return _Ctx()
+    @contextmanager
+    def active(self, adapter: str | None, rows: int) -> Iterator[None]:
+        """Every one of `rows` sequences uses `adapter` (None: the bare base) inside the block."""
+        idx = None if adapter is None else torch.full((rows,), self.slot_of[adapter], device=self.device)
+        self.routing.set(idx)
+        try:
+            yield
+        finally:
+            self.routing.set(None)
 
     # -- weights and state ------------------------------------------------------------------------------------
     def adapter_tensors(self, name: str, with_moments: bool = False) -> dict[str, torch.Tensor]:
@@ -247,11 +244,6 @@ def _match(target: str | list[str], names: list[str]) -> list[str]:
     if isinstance(target, str):
         return [n for n in names if re.fullmatch(target, n)]
     return [n for n in names if any(n == t or n.endswith("." + t) for t in target)]
-
-
-def _features(module) -> tuple[int, int]:
-    w = module.weight
-    return (w.shape[1], w.shape[0]) if isinstance(module, torch.nn.Linear) else (w.shape[0], w.shape[1])
 
 
 def peft_target_modules(targets: list[str], candidates: list[str]) -> list[str] | str:

@@ -77,15 +77,20 @@ def is_supported(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or (Conv1D != () and isinstance(module, Conv1D))
 
 
+def features(module: nn.Module) -> tuple[int, int]:
+    """(in, out) of an nn.Linear (weight: out x in) or a GPT-2 Conv1D (weight: in x out)."""
+    rows, cols = module.weight.shape
+    return (cols, rows) if isinstance(module, nn.Linear) else (rows, cols)
+
+
 class MultiLoraLinear(nn.Module):
     def __init__(self, base_layer: nn.Module, routing: Routing, lora_dtype: torch.dtype, name: str = ""):
         super().__init__()
         self.base_layer, self.name = base_layer, name
         self.routing = routing
         self.is_conv1d = not isinstance(base_layer, nn.Linear)
-        weight = base_layer.weight
-        self.in_features, self.out_features = weight.shape[::-1] if not self.is_conv1d else weight.shape
-        kw = dict(dtype=lora_dtype, device=weight.device)
+        self.in_features, self.out_features = features(base_layer)
+        kw = dict(dtype=lora_dtype, device=base_layer.weight.device)
         self.lora_A = nn.Parameter(torch.zeros(0, 0, self.in_features, **kw))
         self.lora_B = nn.Parameter(torch.zeros(0, self.out_features, 0, **kw))
         self.register_buffer("scaling", torch.zeros(0, **kw), persistent=False)

@@ -40,7 +40,6 @@ from lorafleet.trainer.evals import evaluate
 from lorafleet.trainer.fleet import Fleet, write_json_atomic
 
 log = logging.getLogger("lorafleet.trainer")
-DONE = ("finished", "stopped", "early_stopped", "quarantined")
 
 
 @dataclass
