@@ -45,7 +45,17 @@ def write_points(store: Store, points: Sequence[MetricPoint] | Iterable[tuple], 
 
 def write_columns(store: Store, run_id, adapter, metric, step, value, ts, *, dedup_token: str | None = None):
     """Column-wise write: the fast path (Arrow with dictionary-encoded names)."""
-    table = pa.table(
+    write_table(store, arrow_table(run_id, adapter, metric, step, value, ts), dedup_token=dedup_token)
+
+
+def write_table(store: Store, table: pa.Table, *, dedup_token: str | None = None) -> None:
+    """Insert a table built by `arrow_table` as one block."""
+    store.insert_arrow("metrics", table, dedup_token=dedup_token)
+
+
+def arrow_table(run_id, adapter, metric, step, value, ts) -> pa.Table:
+    """Metric columns in the table's Arrow form (ARROW_SCHEMA); `ts` as datetimes or a timestamp pa.Array."""
+    return pa.table(
         [
             _names(run_id),
             _names(adapter),
@@ -56,7 +66,6 @@ def write_columns(store: Store, run_id, adapter, metric, step, value, ts, *, ded
         ],
         schema=ARROW_SCHEMA,
     )
-    store.insert_arrow("metrics", table, dedup_token=dedup_token)
 
 
 def _names(values) -> pa.DictionaryArray:

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from lorafleet.store.evals import EVAL_COLUMNS, EvalRow
-from lorafleet.store.metrics import ARROW_SCHEMA
+from lorafleet.store.metrics import ARROW_SCHEMA, arrow_table
 from lorafleet.store.runs import AdapterRow, RunRow
 
 # A raw metric row: (run_id, adapter, metric, step, value, ts in microseconds since the epoch).
@@ -87,17 +87,8 @@ def metrics_table(rows: list[tuple]) -> pa.Table:
     def numbers(i: int, dtype) -> np.ndarray:
         return np.fromiter(map(itemgetter(i), rows), dtype, n)
 
-    return pa.table(
-        [
-            names(0),
-            names(1),
-            names(2),
-            pa.array(numbers(3, np.uint64)),
-            pa.array(numbers(4, np.float64)),
-            pa.array(numbers(5, np.int64), pa.timestamp("us", tz="UTC")),
-        ],
-        schema=ARROW_SCHEMA,
-    )
+    ts = pa.array(numbers(5, np.int64), pa.timestamp("us", tz="UTC"))
+    return arrow_table(names(0), names(1), names(2), numbers(3, np.uint64), numbers(4, np.float64), ts)
 
 
 # -- spool format ----------------------------------------------------------------------------

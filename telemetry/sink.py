@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from lorafleet.errors import StoreUnavailable
-from lorafleet.store import evals, runs, traces
+from lorafleet.store import evals, metrics, runs, traces
 from lorafleet.store.engine import Store, open_store
 from lorafleet.store.migrations import ensure_schema
 from lorafleet.telemetry.batch import Batch, datetime_from_us
@@ -53,7 +53,7 @@ class StoreSink:
     def _write(self, batch: Batch) -> None:
         token = batch.token
         if batch.metrics is not None:
-            self.store.insert_arrow("metrics", batch.metrics, dedup_token=f"{token}/metrics")
+            metrics.write_table(self.store, batch.metrics, dedup_token=f"{token}/metrics")
         if batch.evals:
             evals.write_evals(self.store, batch.evals, dedup_token=f"{token}/evals")
         if batch.spans:
