@@ -259,10 +259,7 @@ def load_fleet_spec(path: str | Path) -> FleetSpec:
     if isinstance(raw.get("defaults"), dict):
         _resolve_adapter_paths(raw["defaults"], path.parent.resolve())
     raw = _resolve_paths(raw, path.parent.resolve())
-    try:
-        spec = FleetSpec.model_validate(raw)
-    except ValidationError as exc:
-        raise describe_validation_error(exc, raw, str(path)) from None
+    spec = _validated(FleetSpec, raw, str(path))
     _check_files(spec, str(path))
     return spec
 
@@ -274,16 +271,18 @@ def load_adapter_spec(path: str | Path) -> AdapterSpec:
     if not isinstance(raw, dict):
         raise BadInput(f"{path}: expected a mapping describing one adapter")
     _resolve_adapter_paths(raw, path.parent.resolve())
-    try:
-        spec = AdapterSpec.model_validate(raw)
-    except ValidationError as exc:
-        raise describe_validation_error(exc, raw, str(path)) from None
+    spec = _validated(AdapterSpec, raw, str(path))
     _check_files(spec, str(path))
     return spec
 
 
 def spec_from_dict(raw: dict, where: str = "spec") -> FleetSpec:
+    return _validated(FleetSpec, raw, where)
+
+
+def _validated(model: type[_Strict], raw: object, where: str):
+    """`model` validated from `raw`, or BadInput naming `where` and the failing field."""
     try:
-        return FleetSpec.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         raise describe_validation_error(exc, raw, where) from None
