@@ -222,6 +222,14 @@ def _all_grads(fleet):
     return {f"{name}/{key}": g for name in fleet.slot_of for key, g in _grads(fleet, name).items()}
 
 
+def _watch(fleet) -> list[bool]:
+    """One entry per call of one wrapped layer (forward or backward replay): whether it took the ungathered path."""
+    calls: list[bool] = []
+    layer = next(iter(fleet.layers.values()))
+    layer.register_forward_hook(lambda module, args, out: calls.append(module.routing.every_slot))
+    return calls
+
+
 def _assert_same(got, expected):
     assert got.keys() == expected.keys()
     for key in expected:
@@ -234,10 +242,12 @@ def test_every_slot_once_uses_the_weights_ungathered_with_the_same_gradients():
     batches = _batches(in_order.tokenizer, SPECS, [2, 2, 2])
     names = [s.name for s in SPECS]
     direct = _mixed(in_order, batches, names)
+    in_order_calls, reordered_calls = _watch(in_order), _watch(reordered)
     in_order.losses(direct)[0].backward()
     assert in_order.routing.idx is None  # cleared after the forward
     gathered = _mixed(reordered, batches, names[::-1])  # slots 2, 1, 0: gathered per group
     reordered.losses(gathered)[0].backward()
+    assert in_order_calls == [True] and reordered_calls == [False]
     _assert_same(_all_grads(in_order), _all_grads(reordered))
 
 
@@ -247,8 +257,10 @@ def test_recomputed_activations_give_the_same_gradients_with_dropout(sizes):
     plain, recomputed = _fleet(specs), _fleet(specs)
     recomputed.recompute_activations()
     batches = _batches(plain.tokenizer, specs, sizes)
+    plain_calls, recomputed_calls = _watch(plain), _watch(recomputed)
     for fleet in (plain, recomputed):  # the replay must apply the step's masks again
         fleet.losses(_mixed(fleet, batches, [s.name for s in specs]), {"r4": 5})[0].backward()
+    assert len(plain_calls) == 1 and len(recomputed_calls) == 2  # the block ran again in backward
     _assert_same(_all_grads(recomputed), _all_grads(plain))
 
 
@@ -269,8 +281,10 @@ def test_recompute_covers_gpt2_conv1d_blocks(tmp_path):
         fleet.load_adapter_tensors("g", {k: torch.full_like(v, 0.01) for k, v in fleet.adapter_tensors("g").items()})
         fleets.append(fleet)
     batches = _batches(tok, [spec], [3])
+    calls = [_watch(fleet) for fleet in fleets]
     for fleet in fleets:
         fleet.losses(_mixed(fleet, batches, ["g"]))[0].backward()
+    assert [len(c) for c in calls] == [1, 2]
     _assert_same(_all_grads(fleets[1]), _all_grads(fleets[0]))
 
 
