@@ -131,7 +131,12 @@ class FleetSpec(_Strict):
     dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32"
     seed: int = 0
     threads: int | None = Field(None, gt=0, description="torch CPU threads; default: all cores")
-    state_every: int = Field(1, ge=0, description="steps between trainer-state saves for --resume; 0 = never")
+    state_every: int = Field(
+        10,
+        ge=0,
+        description="steps between trainer-state saves for --resume; records wait for the next save "
+        "(a resume never repeats one); 0 = never",
+    )
     eval_batch_size: int = Field(32, gt=0)
     recompute_activations: bool = Field(
         False,

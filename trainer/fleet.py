@@ -6,6 +6,7 @@ Like PEFT's LoraModel this module only injects and exports; loop.py trains.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -172,16 +173,34 @@ class Fleet:
 
     # -- weights and state ------------------------------------------------------------------------------------
     def adapter_tensors(self, name: str, with_moments: bool = False) -> dict[str, torch.Tensor]:
+        """Copies of the adapter's A and B (PEFT shapes) per targeted module, and its AdamW moments if asked."""
+        return {key: view.clone() for key, view in self._slot_views(name, with_moments)}
+
+    def _slot_views(self, name: str, with_moments: bool) -> Iterator[tuple[str, torch.Tensor]]:
         slot, rank = self.slot_of[name], self.specs[name].rank
-        out = {}
         for module in self.targets[name]:
             layer = self.layers[module]
-            out[f"{module}.A"], out[f"{module}.B"] = (t.clone() for t in layer.slot_weights(slot, rank))
+            a, b = layer.slot_weights(slot, rank)
+            yield f"{module}.A", a
+            yield f"{module}.B", b
             if with_moments:
                 for key in STATE_KEYS[2:]:
                     t = layer.state[key][slot]
-                    out[f"{module}.{key}"] = (t[:rank] if key.endswith("A") else t[:, :rank]).clone()
-        return out
+                    yield f"{module}.{key}", (t[:rank] if key.endswith("A") else t[:, :rank])
+
+    def packed_state(self, name: str) -> dict:
+        """The adapter's weights and AdamW moments as one flat tensor plus its layout: trainer state saves in one
+        piece per adapter (pickling thousands of small tensors every step cost more than the step itself)."""
+        views = list(self._slot_views(name, with_moments=True))
+        layout = [(key, tuple(view.shape)) for key, view in views]
+        return {"flat": torch.cat([view.reshape(-1) for _, view in views]), "layout": layout}
+
+    def load_packed_state(self, name: str, packed: dict) -> None:
+        sizes = [math.prod(shape) for _, shape in packed["layout"]]
+        parts = packed["flat"].split(sizes)
+        self.load_adapter_tensors(
+            name, {k: p.view(shape) for (k, shape), p in zip(packed["layout"], parts, strict=True)}
+        )
 
     @torch.no_grad()
     def load_adapter_tensors(self, name: str, tensors: dict[str, torch.Tensor]) -> None:

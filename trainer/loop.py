@@ -50,8 +50,8 @@ def run_fleet(
             for adapter in run.active():
                 run.evaluate(adapter)  # the step-0 baseline every curve starts from
             run.save_state(force=True)
-            run.flush()
         while True:
+            held = len(run.pending)  # records of earlier steps, waiting for a state save that covers them
             run.apply_control()
             active = run.active()
             if not active:
@@ -70,8 +70,10 @@ def run_fleet(
                       "optimizer": (t_bwd, t_opt)}  # fmt: skip
             run.later("on_step", StepRecord(run.run_id, run.fleet_step, step_start, t_opt, phases, records))
             run.after_step(active)
-            run.save_state(force=bool(run.pending[1:]))  # a step with evals, checkpoints or changes is always saved
-            run.flush()
+            eventful = len(run.pending) - held > 1  # evals, checkpoints or fleet changes besides the step record
+            run.save_state(force=eventful)  # and emits the records it covers
+            if not run.spec.state_every:
+                run.flush()
     except KeyboardInterrupt:
         return run.finish("interrupted", "interrupted by the user")
     except Exception as exc:

@@ -117,8 +117,9 @@ class FleetRun:
         self.adapters: dict[str, AdapterRun] = {}
         self.fleet_step = 0
         self.resumed_from = 0
-        self.pending: list[tuple[str, object]] = []
-        self.applied_commands: list[Path] = []
+        self.pending: list[tuple[str, object]] = []  # records waiting for a saved state that covers them
+        self.applied_commands: list[Path] = []  # control files applied since the last state save
+        self.seen_commands: set[Path] = set()  # every control file applied in this process
         self.started_ns = time.time_ns()
 
     # -- opening -----------------------------------------------------------------------------------------------
@@ -185,6 +186,7 @@ class FleetRun:
         self.pending.append((hook, record))
 
     def flush(self) -> None:
+        """Emit the pending records; only once a saved state covers them, unless nothing is resumable."""
         pending, self.pending = self.pending, []
         for hook, record in pending:
             self.emit(hook, record)
@@ -213,6 +215,9 @@ class FleetRun:
 
     def apply_control(self) -> None:
         for path, command in control.pending_commands(self.dir):
+            if path in self.seen_commands:  # applied already; its file is marked done with the next saved state
+                continue
+            self.seen_commands.add(path)
             try:
                 # a command applied just before a crash is seen again on resume: apply each one once
                 if command["action"] == "submit" and command["adapter"]["name"] not in self.adapters:
@@ -303,10 +308,19 @@ class FleetRun:
 
     # -- trainer state ----------------------------------------------------------------------------------------------
     def save_state(self, force: bool = False) -> None:
+        """Write what --resume needs every `state_every` steps (or when forced), then emit the records it covers:
+        a resume never repeats a record. With state_every 0 nothing is resumable and the loop emits at once."""
         every = self.spec.state_every
         if not force and not (every and self.fleet_step % every == 0):
             return
-        state = {
+        self._write_state(self._snapshot())
+        control.mark_done(self.applied_commands)
+        self.applied_commands = []
+        self.write_status("running")
+        self.flush()
+
+    def _snapshot(self) -> dict:
+        return {
             "run_id": self.run_id,
             "fleet_step": self.fleet_step,
             "spec": self.spec.model_dump(mode="json"),
@@ -317,19 +331,16 @@ class FleetRun:
                 name: {
                     "spec": a.spec.model_dump(mode="json"),
                     "progress": a.progress(),
-                    "tensors": self.fleet.adapter_tensors(name, with_moments=True)
-                    if name in self.fleet.slot_of
-                    else {},
+                    "tensors": self.fleet.packed_state(name) if name in self.fleet.slot_of else None,
                 }
                 for name, a in self.adapters.items()
             },
         }
+
+    def _write_state(self, state: dict) -> None:
         tmp = self.dir / f".state.pt.tmp-{secrets.token_hex(4)}"
         torch.save(state, tmp)
         os.replace(tmp, self.dir / "state.pt")  # atomic: a crash leaves the previous state intact
-        control.mark_done(self.applied_commands)
-        self.applied_commands = []
-        self.write_status("running")
 
     def _restore(self, state: dict) -> None:
         if state["base_model_sha256"] != self.base_sha256:
@@ -346,7 +357,7 @@ class FleetRun:
             self.adapters[name] = adapter
             if adapter.status == "active":
                 self.fleet.add(adapter.spec, adapter.seed)
-                self.fleet.load_adapter_tensors(name, saved["tensors"])
+                self.fleet.load_packed_state(name, saved["tensors"])
         torch.set_rng_state(state["rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])  # LoRA dropout on a GPU draws from these
@@ -360,9 +371,8 @@ class FleetRun:
     def finish(self, status: str, error: str = "") -> RunResult:
         if status == "finished":
             self.save_state(force=True)
-            self.flush()
         else:
-            self.pending = []  # records of a step whose state was not saved: --resume redoes that step
+            self.pending = []  # records of steps whose state was not saved: --resume redoes those steps
         self.write_status(status)
         end = RunEnd(self.run_id, status, self.fleet_step, time.time_ns(), error,
                      {n: a.status for n, a in self.adapters.items()})  # fmt: skip

@@ -42,16 +42,21 @@ def _log(path):
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_matches_a_straight_run(kit, tmp_path, lorafleet_home):
+@pytest.mark.parametrize(
+    ("state_every", "crash"),
+    [(1, ["--kill-at", str(K)]),  # in a callback, right after step K's state was saved
+     (3, ["--crash-in-step", str(K + 1)])],  # mid-step, two steps after the last save (at step 3)
+)  # fmt: skip
+def test_resume_after_sigkill_matches_a_straight_run(kit, tmp_path, lorafleet_home, state_every, crash):
     spec = kit.fleet(
         kit.adapter("drop", "reverse", max_steps=2 * K, dropout=0.1, eval_every=3, checkpoint_every=3),
         kit.adapter("wide", "sort", max_steps=2 * K, batch_size=3, rank=8, warmup_steps=2),
-        state_every=1,
+        state_every=state_every,
     )
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(spec))
     run_fleet(spec_from_dict(spec), callbacks=[StepLog(tmp_path / "straight.jsonl")], run_id="straight")
-    crashed = _run(spec_path, "crashy", tmp_path / "crashy.jsonl", "--kill-at", str(K))
+    crashed = _run(spec_path, "crashy", tmp_path / "crashy.jsonl", *crash)
     assert crashed.returncode == -9, crashed.stderr[-2000:]
     assert not (lorafleet_home / "runs/crashy/adapters/drop/final").exists()
     resumed = _run(spec_path, "crashy", tmp_path / "crashy.jsonl", "--resume")
