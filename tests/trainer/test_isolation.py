@@ -10,7 +10,7 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from lorafleet.trainer import AdapterSpec, FleetSpec, run_fleet, stop_adapter, submit_adapter
+from lorafleet.trainer import AdapterSpec, FleetSpec, control, run_fleet, stop_adapter, submit_adapter
 from lorafleet.trainer.base import build_byte_tokenizer, load_base
 from lorafleet.trainer.data import DataStream, collate, load_dataset
 from lorafleet.trainer.fleet import Fleet
@@ -301,3 +301,24 @@ def test_a_fleet_trained_with_recompute_ends_with_the_same_weights(kit):
         assert plain.keys() == recomputed.keys()
         for key in plain:
             torch.testing.assert_close(recomputed[key], plain[key], rtol=1e-9, atol=1e-12)
+
+
+def test_a_command_seen_again_between_state_saves_is_applied_once(kit, recorder, lorafleet_home):
+    """A command file stays in the queue until a saved state covers it, and the loop reads the queue every step.
+    A submit of a name the fleet already has (as after a resume) changes nothing, so no save is forced."""
+    spec = kit.fleet(kit.adapter("a", max_steps=12), state_every=5)
+    again = {"action": "submit", "adapter": AdapterSpec.model_validate(spec["adapters"][0]).model_dump(mode="json")}
+
+    class Resubmit:
+        def on_step(self, record):
+            if record.step == 1:  # emitted with the save at step 5; read again at steps 6-9, marked at 10
+                control._enqueue(record.run_id, again)
+
+        def __getattr__(self, hook):
+            return lambda record: None
+
+    result = run_fleet(FleetSpec.model_validate(spec), callbacks=[recorder, Resubmit()])
+    assert result.status == "finished" and result.adapters["a"].step == 12
+    queue = lorafleet_home / "runs" / result.run_id / "control"
+    assert len(list((queue / "done").iterdir())) == 1 and not list(queue.glob("*.json"))
+    assert [s.step for s in recorder.of("step")] == list(range(1, 13))
