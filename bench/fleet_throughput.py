@@ -176,7 +176,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["LORAFLEET_HOME"] = str(Path(tmp) / "home")
         base = build_base(Path(tmp) / "base")
-        results = {regime: measure(base, Path(tmp), shape, args, console) for regime, shape in REGIMES.items()}
+        steps = {"small": args.small_steps, "large": args.large_steps}
+        results = {regime: measure(base, Path(tmp), shape, steps[regime], args, console)
+                   for regime, shape in REGIMES.items()}  # fmt: skip
     print_tables(results, args.threads)
     s, large = results["small"], results["large"]
     print(json.dumps({
@@ -196,9 +198,8 @@ def main() -> None:
     }))  # fmt: skip
 
 
-def measure(base: str, tmp: Path, shape: tuple[int, int, int], args, console) -> dict:
+def measure(base: str, tmp: Path, shape: tuple[int, int, int], steps: int, args, console) -> dict:
     n, b, t = shape
-    steps = args.small_steps if t == REGIMES["small"][2] else args.large_steps
     data = write_data(tmp, t)
     best = dict.fromkeys(("fleet", "fleet_recompute", "peft", "limit"), 0.0)
     for round_ in range(args.rounds):  # interleaved rounds, best of each: the CPU is shared
